@@ -1,0 +1,1 @@
+"""Device-side few-shot adaptation (numpy + onnxruntime only; never torch or mujoco)."""

@@ -1,0 +1,1 @@
+"""ONNX export of meta-learned policies and their adaptation graphs (training side)."""

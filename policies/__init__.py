@@ -1,0 +1,1 @@
+"""Meta-RL algorithms and baselines (training side: torch)."""
