@@ -1,0 +1,353 @@
+"""The grasp task family as Gymnasium environments: reach, grasp-and-lift, place.
+
+Contract:
+    * Observation (float32, :data:`OBS_NAMES`): only what a real arm gives — servo
+      positions and velocities, gripper opening and effort (servo load), the previous
+      action, and the object's pose from an object-pose source. Hidden task parameters are
+      never in it; they are in ``info["task"]`` (privileged vector) and ``env.task``.
+    * Action (6 values in [-1, 1]): bounded joint-position deltas for the 5 arm servos
+      (``max_joint_delta`` rad per step at full scale) and an absolute gripper target
+      (-1 = squeeze past closed, +1 = fully open) — exactly what a servo bus accepts.
+    * ``reset(seed=, options={"task": TaskParams | dict, "object_pose": (x, y, yaw)})``
+      sets the task; without a task one is drawn from the env's split.
+    * ``info``: ``success`` (bool), ``reward_terms`` (named dense terms that sum to the
+      reward), ``grip_force`` (N), ``crushed``, ``task`` (privileged vector).
+    * An episode lasts ``episode_seconds``; it ends early (terminated) when the object is
+      crushed or falls off the table. Grasp-lift succeeds when, at the episode's end, the
+      object is at least 5 cm above its start, held by both fingers, and was never crushed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import mujoco
+import numpy as np
+
+from metagrasp.errors import ConfigError, TaskParamError, UnknownNameError
+from metagrasp.kinematics import ARM
+from metagrasp.sim import scene
+from metagrasp.sim.objects import half_extents
+from metagrasp.sim.tasks import (
+    PRIVILEGED_NAMES,
+    NominalDynamics,
+    TaskParams,
+    apply_task,
+    check_split,
+    sample_task,
+)
+
+KINDS: tuple[str, ...] = ("reach", "grasp-lift", "place")
+
+OBS_NAMES: tuple[str, ...] = (
+    *(f"q_{n}" for n in ARM.joint_names),
+    *(f"dq_{n}" for n in ARM.joint_names),
+    "gripper_opening",
+    "gripper_effort",
+    *(f"prev_action_{n}" for n in ARM.joint_names),
+    "obj_rel_x", "obj_rel_y", "obj_rel_z",
+    "obj_x", "obj_y", "obj_z",
+    "obj_qw", "obj_qx", "obj_qy", "obj_qz",
+    "goal_x", "goal_y", "goal_z",
+)
+"""Observation layout; units: rad, rad/s, m, m/s, effort in [-1, 1], quaternion."""
+
+ACTION_NAMES: tuple[str, ...] = ARM.joint_names
+
+LIFT_HEIGHT = 0.05
+"""Grasp-lift success height above the object's start (m)."""
+CONTACT_FORCE = 0.2
+"""Pad force (N) above which a pad counts as touching the object."""
+
+
+@dataclass
+class EnvConfig:
+    """Configuration of one grasp-family environment."""
+
+    task: str = "grasp-lift"
+    """Task kind: ``reach``, ``grasp-lift`` or ``place``."""
+    split: str = "train"
+    """Task split drawn from when reset() gets no task: ``train``, ``test`` or ``hard``."""
+    control_hz: float = 25.0
+    """Policy/servo command rate (Hz); must divide into whole physics steps."""
+    episode_seconds: float = 4.0
+    """Episode duration (s)."""
+    max_joint_delta: float = 0.06
+    """Largest arm joint target change per control step at action = +-1 (rad)."""
+    home_noise: float = 0.02
+    """Uniform noise on the initial arm joint positions (rad)."""
+    reward_weights: dict[str, float] = dataclasses.field(default_factory=lambda: {
+        "reach": 0.5, "grasp": 0.5, "lift": 2.0, "hold": 2.0, "place": 2.0,
+        "crush": -10.0, "drop": -5.0, "action_rate": -0.02})
+    """Weight of each named reward term (the reward is their weighted sum)."""
+    n_substeps: int = 0
+    """Derived: physics steps per control step."""
+    max_steps: int = 0
+    """Derived: control steps per episode."""
+
+    def __post_init__(self) -> None:
+        if self.task not in KINDS:
+            raise UnknownNameError(f"unknown task {self.task!r}; allowed: {list(KINDS)}")
+        check_split(self.split)
+        if not 1.0 <= self.control_hz <= 250.0:
+            raise ConfigError(f"control_hz={self.control_hz} outside [1, 250] Hz")
+        sub = 1.0 / (self.control_hz * scene.PHYSICS_DT)
+        if abs(sub - round(sub)) > 1e-6:
+            raise ConfigError(
+                f"control_hz={self.control_hz} does not divide into whole physics steps of "
+                f"{scene.PHYSICS_DT} s; use e.g. 25, 50 or 125 Hz")
+        if not 0.2 <= self.episode_seconds <= 60.0:
+            raise ConfigError(f"episode_seconds={self.episode_seconds} outside [0.2, 60] s")
+        if not 0.0 < self.max_joint_delta <= 0.5:
+            raise ConfigError(f"max_joint_delta={self.max_joint_delta} outside (0, 0.5] rad")
+        self.n_substeps = int(round(sub))
+        self.max_steps = int(round(self.episode_seconds * self.control_hz))
+        unknown = set(self.reward_weights) - set(_TERMS)
+        if unknown:
+            raise ConfigError(f"unknown reward term(s) {sorted(unknown)}; allowed: {_TERMS}")
+
+
+_TERMS = ("reach", "grasp", "lift", "hold", "place", "crush", "drop", "action_rate")
+
+
+class GraspEnv(gym.Env):
+    """One SO-101-style arm, one object, one task kind. See the module docstring."""
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 25}
+
+    def __init__(self, task: str = "grasp-lift", split: str = "train",
+                 render_mode: str | None = None, config: EnvConfig | None = None,
+                 width: int = 320, height: int = 240) -> None:
+        self.config = config if config is not None else EnvConfig(task=task, split=split)
+        if render_mode not in (None, "rgb_array"):
+            raise ConfigError(f"render_mode={render_mode!r}; allowed: None, 'rgb_array'")
+        self.render_mode = render_mode
+        self.metadata = {**self.metadata, "render_fps": int(self.config.control_hz)}
+        self.model, self.h = scene.build_model()
+        self.data = mujoco.MjData(self.model)
+        self._nominal = NominalDynamics.capture(self.model)
+        self._width, self._height = width, height
+        self._renderer: mujoco.Renderer | None = None
+        n = len(OBS_NAMES)
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (n,), np.float32)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (len(ACTION_NAMES),), np.float32)
+        self.task: TaskParams = TaskParams()
+        self._lo = np.array(ARM.joint_lower[:5])
+        self._hi = np.array(ARM.joint_upper[:5])
+        self._pending: deque[np.ndarray] = deque()
+        self._prev_action = np.zeros(6, np.float32)
+        self._target = np.zeros(6)
+        self._steps = 0
+        self._obj_start = np.zeros(3)
+        self._goal = np.zeros(3)
+        self._crushed = False
+        self._grip = 0.0
+        self._task_vec = np.zeros(len(PRIVILEGED_NAMES), np.float32)
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None,
+              ) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        options = dict(options or {})
+        unknown = set(options) - {"task", "object_pose"}
+        if unknown:
+            raise ConfigError(f"unknown reset option(s) {sorted(unknown)}; allowed: "
+                              "'task', 'object_pose'")
+        task = options.get("task")
+        if task is None:
+            task = sample_task(self.np_random, self.config.split)
+        elif isinstance(task, dict):
+            task = TaskParams.from_dict(task)
+        elif not isinstance(task, TaskParams):
+            raise TaskParamError(f"options['task'] must be TaskParams or dict, got "
+                                 f"{type(task).__name__}")
+        self.set_task(task)
+        m, d, h, rng = self.model, self.data, self.h, self.np_random
+        mujoco.mj_resetData(m, d)
+        home = np.array(ARM.home)
+        home[:5] += rng.uniform(-1, 1, 5) * self.config.home_noise
+        d.qpos[h.arm_qpos] = home
+        d.qpos[h.mirror_qpos] = home[5]
+        d.ctrl[h.actuators] = home
+        self._target = home.copy()
+        if "object_pose" in options:
+            x, y, yaw = (float(v) for v in options["object_pose"])
+        else:
+            x = rng.uniform(*scene.WORKSPACE_X)
+            y = rng.uniform(*scene.WORKSPACE_Y)
+            yaw = rng.uniform(-math.pi, math.pi)
+        z = scene.TABLE_TOP + float(half_extents(task.shape, task.size)[2]) + 5e-4
+        a = d.qpos[h.object_qpos: h.object_qpos + 7]
+        a[:3] = (x, y, z)
+        a[3:] = (math.cos(yaw / 2), 0.0, 0.0, math.sin(yaw / 2))
+        self._obj_start = np.array([x, y, z])
+        if self.config.task == "place":
+            # Target on the table, away from the start so placing means carrying.
+            for _ in range(100):
+                gx = rng.uniform(*scene.WORKSPACE_X)
+                gy = rng.uniform(*scene.WORKSPACE_Y)
+                if math.hypot(gx - x, gy - y) > 0.06:
+                    break
+            self._goal = np.array([gx, gy, z])
+        elif self.config.task == "grasp-lift":
+            self._goal = self._obj_start + (0, 0, LIFT_HEIGHT + 0.02)
+        else:
+            self._goal = self._obj_start.copy()
+        m.site_pos[h.goal_site] = self._goal
+        mujoco.mj_forward(m, d)
+        self._pending = deque([np.zeros(6, np.float32)] * task.latency)
+        self._prev_action = np.zeros(6, np.float32)
+        self._steps = 0
+        self._crushed = False
+        obs = self._observe()
+        return obs, self._info(False, {k: 0.0 for k in _TERMS}, 0.0)
+
+    def set_task(self, task: TaskParams) -> None:
+        """Write ``task`` into this env's private model (takes effect now)."""
+        apply_task(self.model, task, self.h, self._nominal)
+        # Refresh the solver's mass-dependent constants for the new object.
+        mujoco.mj_setConst(self.model, self.data)
+        self.task = task
+        self._task_vec = task.privileged_vector()
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
+        action = np.asarray(action, dtype=np.float32).reshape(-1)
+        if action.shape != (6,):
+            raise ValueError(f"action must have 6 values (5 arm deltas + gripper), got "
+                             f"shape {action.shape}")
+        if not np.all(np.isfinite(action)):
+            raise ValueError(f"action contains NaN or inf: {action}; the policy is broken "
+                             "(check its inputs and weights)")
+        action = np.clip(action, -1.0, 1.0)
+        self._pending.append(action)
+        applied = self._pending.popleft()
+        cfg, m, d, h = self.config, self.model, self.data, self.h
+        self._target[:5] = np.clip(self._target[:5] + applied[:5] * cfg.max_joint_delta,
+                                   self._lo, self._hi)
+        lo_g, hi_g = scene.GRIPPER_CTRL_MIN, ARM.joint_upper[5]
+        self._target[5] = lo_g + (float(applied[5]) + 1.0) * 0.5 * (hi_g - lo_g)
+        d.ctrl[h.actuators] = self._target
+        mujoco.mj_step(m, d, nstep=cfg.n_substeps)
+        self._steps += 1
+        terms, success, terminated = self._evaluate(action)
+        self._prev_action = action
+        reward = float(sum(cfg.reward_weights.get(k, 0.0) * v for k, v in terms.items()))
+        truncated = self._steps >= cfg.max_steps and not terminated
+        return self._observe(), reward, terminated, truncated, \
+            self._info(success, terms, self._grip)
+
+    # --- evaluation -------------------------------------------------------------------
+
+    def _pad_contacts(self) -> tuple[bool, bool]:
+        """Whether each finger pad touches the object with more than CONTACT_FORCE."""
+        d, h = self.data, self.h
+        obj = self.h.object_geoms[self.task.shape]
+        left = right = False
+        n = d.ncon
+        if n:
+            geoms = d.contact.geom[:n]
+            for i in np.nonzero((geoms == obj).any(axis=1))[0]:
+                other = geoms[i, 0] if geoms[i, 1] == obj else geoms[i, 1]
+                if other == h.finger_pads[0]:
+                    left = True
+                elif other == h.finger_pads[1]:
+                    right = True
+        # Touch sensors say how hard: a grazing contact is not a grasp.
+        left = left and d.sensordata[h.touch_adr[0]] > CONTACT_FORCE
+        right = right and d.sensordata[h.touch_adr[1]] > CONTACT_FORCE
+        return left, right
+
+    def _grip_force(self, touching: bool) -> float:
+        """Squeeze on the object (N): the gripper servo's load while a pad touches it.
+
+        The servo's load, not the pads' contact force, because it is what squeezes in
+        steady state, it is what a real servo reports (present load/current), and it is
+        free of the impact spikes of rigid contact.
+        """
+        if not touching:
+            return 0.0
+        return max(0.0, -float(self.data.actuator_force[self.h.actuators[5]]))
+
+    def _evaluate(self, action: np.ndarray) -> tuple[dict[str, float], bool, bool]:
+        d, h, kind = self.data, self.h, self.config.task
+        obj = d.qpos[h.object_qpos: h.object_qpos + 3]
+        tcp = d.site_xpos[h.tcp_site]
+        dist = float(np.linalg.norm(tcp - obj))
+        left, right = self._pad_contacts()
+        grasped = left and right
+        self._grip = self._grip_force(left or right)
+        if self._grip > self.task.crush_limit:
+            self._crushed = True
+        height = float(obj[2] - self._obj_start[2])
+        dropped = bool(abs(obj[0] - 0.15) > 0.4 or abs(obj[1]) > 0.4 or obj[2] < -0.05)
+        lifted = height >= LIFT_HEIGHT
+        terms = {k: 0.0 for k in _TERMS}
+        terms["reach"] = 1.0 - math.tanh(10.0 * dist)
+        terms["action_rate"] = float(np.sum((action - self._prev_action) ** 2))
+        terms["crush"] = float(self._crushed)
+        terms["drop"] = float(dropped)
+        if kind == "reach":
+            success = dist < 0.02
+        else:
+            terms["grasp"] = float(grasped)
+            if kind == "grasp-lift":
+                terms["lift"] = float(np.clip(height / LIFT_HEIGHT, 0.0, 1.0)) * grasped
+                terms["hold"] = float(lifted and grasped)
+                success = lifted and grasped
+            else:
+                gdist = float(np.linalg.norm(obj - self._goal))
+                terms["lift"] = float(np.clip(height / 0.03, 0.0, 1.0)) * grasped * \
+                    (gdist > 0.03)
+                terms["place"] = 1.0 - math.tanh(10.0 * gdist)
+                success = gdist < 0.03
+        success = bool(success and not self._crushed and not dropped)
+        return terms, success, bool(self._crushed or dropped)
+
+    def _observe(self) -> np.ndarray:
+        d, h, rng, s = self.data, self.h, self.np_random, self.task.obs_noise
+        q = d.qpos[h.arm_qpos].copy()
+        dq = d.qvel[h.arm_dof].copy()
+        opening = q[5] + d.qpos[h.mirror_qpos]
+        effort = -d.actuator_force[h.actuators[5]] / scene.GRIPPER_FORCE
+        obj = d.qpos[h.object_qpos: h.object_qpos + 7].copy()
+        if obj[3] < 0:  # canonical quaternion sign: w >= 0
+            obj[3:] = -obj[3:]
+        if s > 0:
+            q += rng.normal(0, s, 6)
+            dq += rng.normal(0, 5 * s, 6)
+            opening += rng.normal(0, s)
+            obj[:3] += rng.normal(0, 0.5 * s, 3)
+        rel = obj[:3] - d.site_xpos[h.tcp_site]
+        return np.concatenate([
+            q, dq, [opening, effort], self._prev_action, rel, obj, self._goal,
+        ]).astype(np.float32)
+
+    def _info(self, success: bool, terms: dict[str, float], grip: float) -> dict[str, Any]:
+        return {
+            "success": success,
+            "reward_terms": terms,
+            "grip_force": grip,
+            "crushed": self._crushed,
+            "task": self._task_vec.copy(),
+        }
+
+    # --- rendering --------------------------------------------------------------------
+
+    def render(self) -> np.ndarray | None:
+        if self.render_mode != "rgb_array":
+            return None
+        if self._renderer is None:
+            self._renderer = mujoco.Renderer(self.model, self._height, self._width)
+        self._renderer.update_scene(self.data, camera="front")
+        return self._renderer.render()
+
+    def close(self) -> None:
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None

@@ -1,0 +1,118 @@
+"""The parametric object family: primitive shapes plus seeded irregular convex meshes.
+
+Every shape is one candidate geom inside the single free-floating ``object`` body of the
+scene; a task switches the active one on (collisions + visibility) and the rest off, so a
+new object never needs a model recompile. Primitive sizes are set at run time; mesh sizes
+are fixed when the mesh is generated (MuJoCo meshes cannot be rescaled after compiling).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+PRIMITIVES: tuple[str, ...] = ("box", "cylinder", "sphere", "capsule", "ellipsoid")
+"""Primitive shapes whose size is a task parameter."""
+
+NUM_MESHES = 6
+"""Number of irregular convex meshes generated from seeded points."""
+
+MESH_SEED = 20_261_125
+"""Base seed of the mesh point clouds: mesh i uses ``MESH_SEED + i`` (fixed forever)."""
+
+SHAPES: tuple[str, ...] = PRIMITIVES + tuple(f"mesh_{i}" for i in range(NUM_MESHES))
+"""Every shape in the family, in candidate-geom order."""
+
+# Graspable half-width (m): between the fingers' smallest useful bite and the gripper's
+# 8 cm opening minus clearance for the approach.
+MIN_HALF_WIDTH = 0.010
+MAX_HALF_WIDTH = 0.032
+# Half-height (m): tall enough to pinch above the table, short enough to lift clear.
+MIN_HALF_HEIGHT = 0.010
+MAX_HALF_HEIGHT = 0.045
+
+
+@dataclass(frozen=True)
+class MeshSpec:
+    """An irregular convex object: MuJoCo takes the convex hull of ``vertices``."""
+
+    name: str
+    vertices: np.ndarray
+    """(N, 3) points, centred on their bounding box (m)."""
+
+    @property
+    def half_extents(self) -> np.ndarray:
+        """Half sizes of the axis-aligned bounding box (m)."""
+        return 0.5 * (self.vertices.max(axis=0) - self.vertices.min(axis=0))
+
+
+def make_mesh(index: int) -> MeshSpec:
+    """Generate irregular convex mesh ``index`` from its fixed seed.
+
+    Points are drawn on a jittered ellipsoid so the hull is a lumpy, clearly non-primitive
+    solid whose horizontal half-width stays inside the gripper's capacity.
+    """
+    rng = np.random.default_rng(MESH_SEED + index)
+    radii = np.array(
+        [
+            rng.uniform(0.014, 0.026),
+            rng.uniform(0.014, 0.026),
+            rng.uniform(0.016, 0.035),
+        ]
+    )
+    n = int(rng.integers(10, 18))
+    directions = rng.normal(size=(n, 3))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    points = directions * radii * rng.uniform(0.75, 1.0, size=(n, 1))
+    # A flat-ish base so the object rests stably: squash the lowest points onto one plane.
+    zmin = points[:, 2].min()
+    low = points[:, 2] < zmin + 0.3 * radii[2]
+    points[low, 2] = zmin
+    centre = 0.5 * (points.max(axis=0) + points.min(axis=0))
+    return MeshSpec(name=f"mesh_{index}", vertices=points - centre)
+
+
+MESHES: tuple[MeshSpec, ...] = tuple(make_mesh(i) for i in range(NUM_MESHES))
+"""The fixed irregular meshes, generated once at import (deterministic)."""
+
+
+def half_extents(shape: str, size: tuple[float, float, float]) -> np.ndarray:
+    """Axis-aligned half extents (x, y, z) of a shape in the object frame (m).
+
+    ``size`` follows MuJoCo's geom size semantics: box (hx, hy, hz); cylinder (radius,
+    half-height, -); sphere (radius, -, -); capsule lying along x (radius, half-length, -);
+    ellipsoid (rx, ry, rz). Meshes ignore ``size``.
+    """
+    s0, s1, s2 = size
+    if shape == "box" or shape == "ellipsoid":
+        return np.array([s0, s1, s2])
+    if shape == "cylinder":
+        return np.array([s0, s0, s1])
+    if shape == "sphere":
+        return np.array([s0, s0, s0])
+    if shape == "capsule":
+        return np.array([s0 + s1, s0, s0])
+    if shape.startswith("mesh_"):
+        return MESHES[int(shape[5:])].half_extents.copy()
+    raise KeyError(shape)
+
+
+def solid_inertia(shape: str, size: tuple[float, float, float], mass: float) -> np.ndarray:
+    """Diagonal inertia (kg m^2) of a uniform solid of the shape, about its centre.
+
+    Meshes use their bounding box: the hidden centre-of-mass offset perturbs the true
+    inertia far more than this approximation does.
+    """
+    hx, hy, hz = half_extents(shape, size)
+    if shape == "sphere":
+        i = 0.4 * mass * hx * hx
+        return np.array([i, i, i])
+    if shape == "cylinder":
+        r, h = hx, 2 * hz
+        ixy = mass * (3 * r * r + h * h) / 12.0
+        return np.array([ixy, ixy, 0.5 * mass * r * r])
+    if shape == "ellipsoid":
+        return 0.2 * mass * np.array([hy**2 + hz**2, hx**2 + hz**2, hx**2 + hy**2])
+    # Box, capsule (close enough to its bounding box) and meshes.
+    return mass / 3.0 * np.array([hy**2 + hz**2, hx**2 + hz**2, hx**2 + hy**2])

@@ -1,0 +1,78 @@
+"""Registry of task families: short names, Gymnasium ids, splits.
+
+Every family is registered with Gymnasium when :mod:`metagrasp.sim` is imported, so both
+``metagrasp.sim.make_env("grasp-lift", split="test")`` and
+``gym.make("metagrasp/GraspLift-v0", split="test")`` work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+
+from metagrasp.errors import UnknownNameError
+from metagrasp.sim.tasks import SPLITS, check_split
+
+
+@dataclass(frozen=True)
+class TaskFamily:
+    """A registered family of tasks."""
+
+    name: str
+    """Short name used on the command line (``--task``)."""
+    env_id: str
+    """Gymnasium id."""
+    entry_point: str
+    """``module:Class`` of the environment."""
+    kwargs: dict[str, Any]
+    """Constructor keyword arguments fixed by the family."""
+    description: str
+    """One line for ``metagrasp envs``."""
+    splits: tuple[str, ...] = SPLITS
+    """Named task splits the family supports."""
+
+
+FAMILIES: dict[str, TaskFamily] = {}
+
+
+def register_family(family: TaskFamily) -> None:
+    """Add a family to the registry and to Gymnasium (idempotent)."""
+    FAMILIES[family.name] = family
+    if family.env_id not in gym.registry:
+        gym.register(id=family.env_id, entry_point=family.entry_point, kwargs=family.kwargs,
+                     disable_env_checker=True)
+
+
+def get_family(name: str) -> TaskFamily:
+    """Look a family up by short name or Gymnasium id.
+
+    Raises:
+        UnknownNameError: listing the registered names.
+    """
+    for fam in FAMILIES.values():
+        if name in (fam.name, fam.env_id):
+            return fam
+    raise UnknownNameError(f"unknown task family {name!r}; registered: {sorted(FAMILIES)} "
+                           "(see `metagrasp envs`)")
+
+
+def make_env(name: str, split: str = "train", **kwargs: Any) -> gym.Env:
+    """Create an environment of a registered family on a split."""
+    fam = get_family(name)
+    check_split(split)
+    if split not in fam.splits:
+        raise UnknownNameError(f"family {fam.name!r} has no split {split!r}; it has "
+                               f"{list(fam.splits)}")
+    return gym.make(fam.env_id, split=split, **kwargs)
+
+
+_GRASP = "metagrasp.sim.grasp_env:GraspEnv"
+for _name, _id, _desc in (
+    ("reach", "metagrasp/Reach-v0", "move the gripper's centre onto the object (2 cm)"),
+    ("grasp-lift", "metagrasp/GraspLift-v0",
+     "grasp the object, lift it 5 cm and hold it to the end without crushing it"),
+    ("place", "metagrasp/Place-v0", "carry the object to a target on the table (3 cm)"),
+):
+    register_family(TaskFamily(_name, _id, _GRASP, {"task": _name}, _desc))
