@@ -14,6 +14,7 @@ import math
 import numpy as np
 
 from metagrasp.kinematics import ARM, top_down_ik
+from metagrasp.sim import scene
 from metagrasp.sim.grasp_env import OBS_NAMES
 from metagrasp.sim.objects import half_extents
 from metagrasp.sim.tasks import TaskParams
@@ -31,15 +32,19 @@ class ScriptedGrasp:
     Args:
         task: the episode's task (only its shape and size are used).
         kind: ``reach``, ``grasp-lift`` or ``place``.
-        grip: gripper action while squeezing, in [-1, 1] (lower = harder squeeze).
+        grip_force: squeeze to aim for (N): sets the finger target that far inside the
+            object's visible half-width, through the gripper servo's stiffness.
         max_joint_delta: the env's action scale (rad per step at action 1).
     """
 
-    def __init__(self, task: TaskParams, kind: str = "grasp-lift", grip: float = -0.6,
+    def __init__(self, task: TaskParams, kind: str = "grasp-lift", grip_force: float = 8.0,
                  max_joint_delta: float = 0.06) -> None:
         self.ext = half_extents(task.shape, task.size)
         self.kind = kind
-        self.grip = grip
+        half_width = float(min(self.ext[0], self.ext[1]))
+        finger = half_width - grip_force / scene.GRIPPER_KP
+        lo, hi = scene.GRIPPER_CTRL_MIN, ARM.joint_upper[5]
+        self.grip = float(np.clip(2.0 * (finger - lo) / (hi - lo) - 1.0, -1.0, 1.0))
         self.scale = max_joint_delta
         self.phase = "approach"
         self.t = 0
