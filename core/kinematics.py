@@ -12,7 +12,7 @@ Conventions (zero pose = the "ready" pose, as drawn below in the arm plane)::
     shoulder_lift  about +y: positive leans the upper arm forward (towards +x)
     elbow_flex     about +y: positive tilts the forearm down
     wrist_flex     about +y: positive tilts the gripper back (towards -x)
-    wrist_roll     about the gripper's pointing axis; finger yaw = pan + roll
+    wrist_roll     about the gripper's pointing axis; closing-axis yaw = pan + roll + pi/2
     gripper        one servo driving two coupled parallel fingers (slide, metres per finger)
 
 Link lengths and joint ranges follow the SO-101 (TheRobotStudio / LeRobot), rounded to the
@@ -142,7 +142,9 @@ def top_down_ik(
     py = l2 * np.cos(elbow)
     lift = float(np.arctan2(px * dr - py * dz, px * dz + py * dr))
     wrist = a - lift - elbow
-    roll = float(np.arctan2(np.sin(finger_yaw - pan), np.cos(finger_yaw - pan)))
+    # At roll 0 the fingers close along the hand's y axis, i.e. at yaw pan + pi/2.
+    rel = finger_yaw - np.pi / 2 - pan
+    roll = float(np.arctan2(np.sin(rel), np.cos(rel)))
     # Fingers are symmetric: a half-turn is the same grasp, so pick the smaller roll.
     if roll > np.pi / 2:
         roll -= np.pi

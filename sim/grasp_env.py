@@ -273,7 +273,7 @@ class GraspEnv(gym.Env):
         return left, right
 
     def _grip_force(self, touching: bool) -> float:
-        """Squeeze on the object (N): the gripper servo's load while a pad touches it.
+        """Squeeze on the object (N): the gripper servo's load while both pads touch it.
 
         The servo's load, not the pads' contact force, because it is what squeezes in
         steady state, it is what a real servo reports (present load/current), and it is
@@ -281,7 +281,8 @@ class GraspEnv(gym.Env):
         """
         if not touching:
             return 0.0
-        return max(0.0, -float(self.data.actuator_force[self.h.actuators[5]]))
+        # The tendon splits the servo's force equally between the two pads.
+        return max(0.0, -0.5 * float(self.data.actuator_force[self.h.actuators[5]]))
 
     def _evaluate(self, action: np.ndarray) -> tuple[dict[str, float], bool, bool]:
         d, h, kind = self.data, self.h, self.config.task
@@ -290,7 +291,7 @@ class GraspEnv(gym.Env):
         dist = math.dist(tcp, obj)
         left, right = self._pad_contacts()
         grasped = left and right
-        self._grip = self._grip_force(left or right)
+        self._grip = self._grip_force(grasped)
         if self._grip > self.task.crush_limit:
             self._crushed = True
         height = float(obj[2] - self._obj_start[2])

@@ -42,11 +42,13 @@ ARM_KV = (1.5, 1.5, 1.0, 0.5, 0.3)
 ARM_FORCE = 3.0
 ARM_ARMATURE = 0.01
 ARM_DAMPING = 0.3
-GRIPPER_KP = 1000.0
-GRIPPER_KV = 120.0
-"""Gripper velocity gain: high, like a geared servo, so fingers close at ~0.15 m/s."""
-GRIPPER_FORCE = 20.0
-"""Largest squeezing force of the gripper servo on one finger (N)."""
+GRIPPER_KP = 2000.0
+GRIPPER_KV = 600.0
+"""Gripper velocity gain: high, like a geared servo, so fingers close at about 7 cm/s
+(40 N / 600 N s/m) and touch the object without a hammer blow."""
+GRIPPER_FORCE = 40.0
+"""Largest force of the gripper servo on the finger tendon (N); each pad gets half, so the
+largest squeeze on an object is 20 N."""
 GRIPPER_CTRL_MIN = -0.012
 """Finger target below the closed stop (m): lets the servo squeeze thin objects hard."""
 GRIPPER_ARMATURE = 0.05

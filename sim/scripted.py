@@ -42,12 +42,14 @@ class ScriptedGrasp:
         self.ext = half_extents(task.shape, task.size)
         self.kind = kind
         half_width = float(min(self.ext[0], self.ext[1]))
-        finger = half_width - grip_force / scene.GRIPPER_KP
+        # Each pad gets half the servo's (tendon) force.
+        finger = half_width - 2.0 * grip_force / scene.GRIPPER_KP
         lo, hi = scene.GRIPPER_CTRL_MIN, ARM.joint_upper[5]
         self.grip = float(np.clip(2.0 * (finger - lo) / (hi - lo) - 1.0, -1.0, 1.0))
         self.scale = max_joint_delta
         self.phase = "approach"
         self.t = 0
+        self._roll = 0.0
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
         q = obs[_I["q_shoulder_pan"]: _I["q_wrist_roll"] + 1].astype(float)
@@ -56,14 +58,15 @@ class ScriptedGrasp:
         goal = obs[_I["goal_x"]: _I["goal_z"] + 1].astype(float)
         yaw = _yaw(obs[_I["obj_qw"]], obs[_I["obj_qz"]])
         # Close across the object's narrow horizontal side.
-        finger_yaw = yaw + (math.pi / 2 if self.ext[0] < self.ext[1] else 0.0)
+        finger_yaw = yaw + (math.pi / 2 if self.ext[1] < self.ext[0] else 0.0)
         gripper = 1.0
         self.t += 1
         # A slightly low grasp point on tall objects keeps the pads clear of the table.
         grasp_z = max(obj[2], 0.012)
         if self.phase == "approach":
             target = obj + (0, 0, 0.07)
-            if np.linalg.norm(rel + (0, 0, 0.07)) < 0.015 or self.t > 40:
+            aligned = abs(q[4] - self._roll) < 0.05
+            if np.linalg.norm(rel + (0, 0, 0.07)) < 0.015 and aligned or self.t > 40:
                 self.phase = "descend"
         elif self.phase == "descend":
             target = np.array([obj[0], obj[1], grasp_z])
@@ -73,7 +76,7 @@ class ScriptedGrasp:
         if self.phase == "close":
             target = np.array([obj[0], obj[1], grasp_z])
             gripper = self.grip
-            if self.t - self.t_close > 8:
+            if self.t - self.t_close > 12:
                 self.phase = "lift" if self.kind != "reach" else "hold"
         if self.phase == "lift":
             gripper = self.grip
@@ -84,6 +87,7 @@ class ScriptedGrasp:
         r = math.hypot(target[0], target[1])
         pitch = float(np.clip((r - 0.24) * 8.0, 0.0, 0.6))
         sol = top_down_ik(target, finger_yaw=finger_yaw, pitch=pitch)
+        self._roll = sol.q[4]
         delta = (sol.q - q) / self.scale
         return np.concatenate([np.clip(delta, -1, 1), [gripper]]).astype(np.float32)
 
