@@ -74,8 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=3.0, help="time budget per measurement")
     p.add_argument("--num-envs", type=int, default=16, help="vector env members")
     p.add_argument(
-        "--workers", type=int, default=None, help="worker processes for the vector env "
-        "(default: all cores)"
+        "--workers",
+        type=int,
+        default=None,
+        help="worker processes for the vector env (default: all cores)",
     )
     p.add_argument("--json", metavar="FILE", default=None, help="also write results as JSON")
     p.set_defaults(handler=_cmd_sim_bench)
@@ -88,13 +90,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--task", default="grasp-lift", help="task family (see `metagrasp envs`)")
     p.add_argument("--split", default="train", help="task split: train, test or hard")
-    p.add_argument("--policy", choices=["scripted", "random"], default="scripted",
-                   help="scripted: a hand-written grasp controller that knows nothing "
-                   "of the hidden parameters; random: uniform actions")
+    p.add_argument(
+        "--policy",
+        choices=["scripted", "random"],
+        default="scripted",
+        help="scripted: a hand-written grasp controller that knows nothing "
+        "of the hidden parameters; random: uniform actions",
+    )
     p.add_argument("--episodes", type=int, default=1, help="number of episodes")
     p.add_argument("--seed", type=int, default=0, help="seed for tasks and episodes")
-    p.add_argument("--video", default="rollout.mp4",
-                   help="output file: .mp4, .gif or .png (last frame); '' for none")
+    p.add_argument(
+        "--video",
+        default="rollout.mp4",
+        help="output file: .mp4, .gif or .png (last frame); '' for none",
+    )
     p.add_argument("--size", type=int, default=320, help="video frame size in pixels")
     p.set_defaults(handler=_cmd_rollout)
     return parser

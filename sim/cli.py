@@ -11,11 +11,11 @@ import numpy as np
 from metagrasp.errors import ConfigError
 from metagrasp.sim.registry import FAMILIES, get_family
 from metagrasp.sim.tasks import (
-    HELD_OUT_MASS,
-    HELD_OUT_SHAPES,
     HARD_CRUSH,
     HARD_FRICTION,
     HARD_MASS,
+    HELD_OUT_MASS,
+    HELD_OUT_SHAPES,
     TRAIN_SHAPES,
     check_split,
     split_tasks,
@@ -23,11 +23,11 @@ from metagrasp.sim.tasks import (
 
 SPLIT_NOTES = {
     "train": f"distribution: shapes {list(TRAIN_SHAPES)}, mass outside the held-out band "
-             f"{list(HELD_OUT_MASS)} kg",
+    f"{list(HELD_OUT_MASS)} kg",
     "test": f"{len(split_tasks('test'))} fixed tasks: held-out shapes {list(HELD_OUT_SHAPES)}"
-            f" or masses in {list(HELD_OUT_MASS)} kg",
+    f" or masses in {list(HELD_OUT_MASS)} kg",
     "hard": f"{len(split_tasks('hard'))} fixed tasks: mass {list(HARD_MASS)} kg, friction "
-            f"{list(HARD_FRICTION)} or crush limit {list(HARD_CRUSH)} N",
+    f"{list(HARD_FRICTION)} or crush limit {list(HARD_CRUSH)} N",
 }
 
 
@@ -37,9 +37,16 @@ def run_envs(args: argparse.Namespace) -> int:
 
     rows = []
     for fam in FAMILIES.values():
-        rows.append({"name": fam.name, "env_id": fam.env_id, "description": fam.description,
-                     "obs_dim": len(OBS_NAMES), "action_dim": len(ACTION_NAMES),
-                     "splits": {s: SPLIT_NOTES.get(s, "") for s in fam.splits}})
+        rows.append(
+            {
+                "name": fam.name,
+                "env_id": fam.env_id,
+                "description": fam.description,
+                "obs_dim": len(OBS_NAMES),
+                "action_dim": len(ACTION_NAMES),
+                "splits": {s: SPLIT_NOTES.get(s, "") for s in fam.splits},
+            }
+        )
     if args.show_tasks:
         split = check_split(args.show_tasks)
         tasks = [t.to_dict() for t in split_tasks(split)]
@@ -57,11 +64,15 @@ def run_envs(args: argparse.Namespace) -> int:
         print(f"  {s:<6} {note}")
     if args.show_tasks:
         print(f"\n{args.show_tasks} tasks:")
-        print(f"  {'id':<9} {'shape':<10} {'mass kg':>8} {'friction':>8} {'crush N':>8} "
-              f"{'gain':>5} {'lat':>3}")
+        print(
+            f"  {'id':<9} {'shape':<10} {'mass kg':>8} {'friction':>8} {'crush N':>8} "
+            f"{'gain':>5} {'lat':>3}"
+        )
         for t in tasks:
-            print(f"  {t['task_id']:<9} {t['shape']:<10} {t['mass']:8.3f} {t['friction']:8.2f}"
-                  f" {t['crush_limit']:8.1f} {t['actuator_gain']:5.2f} {t['latency']:3d}")
+            print(
+                f"  {t['task_id']:<9} {t['shape']:<10} {t['mass']:8.3f} {t['friction']:8.2f}"
+                f" {t['crush_limit']:8.1f} {t['actuator_gain']:5.2f} {t['latency']:3d}"
+            )
     return 0
 
 
@@ -77,15 +88,20 @@ def run_rollout(args: argparse.Namespace) -> int:
     ext = os.path.splitext(video)[1].lower()
     if video and ext not in (".mp4", ".gif", ".png"):
         raise ConfigError(f"--video {video!r}: use a .mp4, .gif or .png file name")
-    env = make_env(fam.name, split=args.split,
-                   render_mode="rgb_array" if video else None,
-                   width=args.size, height=int(args.size * 3 / 4))
+    env = make_env(
+        fam.name,
+        split=args.split,
+        render_mode="rgb_array" if video else None,
+        width=args.size,
+        height=int(args.size * 3 / 4),
+    )
     try:
         rng = np.random.default_rng(args.seed)
         successes = []
         for ep in range(args.episodes):
             frames: list | None = [] if (video and ep == 0) else None
             if args.policy == "random":
+
                 def policy(obs: np.ndarray) -> np.ndarray:
                     return rng.uniform(-1, 1, 6).astype(np.float32)
             else:
@@ -94,10 +110,12 @@ def run_rollout(args: argparse.Namespace) -> int:
             successes.append(res["success"])
             t = res["task"]
             terms = ", ".join(f"{k} {v:.1f}" for k, v in res["reward_terms"].items() if v)
-            print(f"episode {ep}: {t['shape']} mass {t['mass']:.3f} kg friction "
-                  f"{t['friction']:.2f} crush {t['crush_limit']:.1f} N | return "
-                  f"{res['return']:.1f} success {res['success']} crushed {res['crushed']} "
-                  f"peak grip {res['peak_grip_force']:.1f} N | {terms}")
+            print(
+                f"episode {ep}: {t['shape']} mass {t['mass']:.3f} kg friction "
+                f"{t['friction']:.2f} crush {t['crush_limit']:.1f} N | return "
+                f"{res['return']:.1f} success {res['success']} crushed {res['crushed']} "
+                f"peak grip {res['peak_grip_force']:.1f} N | {terms}"
+            )
             if frames:
                 _write_video(video, frames, fps=env.metadata["render_fps"])
                 print(f"wrote {video} ({len(frames)} frames)")

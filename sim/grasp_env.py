@@ -50,10 +50,19 @@ OBS_NAMES: tuple[str, ...] = (
     "gripper_opening",
     "gripper_effort",
     *(f"prev_action_{n}" for n in ARM.joint_names),
-    "obj_rel_x", "obj_rel_y", "obj_rel_z",
-    "obj_x", "obj_y", "obj_z",
-    "obj_qw", "obj_qx", "obj_qy", "obj_qz",
-    "goal_x", "goal_y", "goal_z",
+    "obj_rel_x",
+    "obj_rel_y",
+    "obj_rel_z",
+    "obj_x",
+    "obj_y",
+    "obj_z",
+    "obj_qw",
+    "obj_qx",
+    "obj_qy",
+    "obj_qz",
+    "goal_x",
+    "goal_y",
+    "goal_z",
 )
 """Observation layout; units: rad, rad/s, m, m/s, effort in [-1, 1], quaternion."""
 
@@ -81,9 +90,18 @@ class EnvConfig:
     """Largest arm joint target change per control step at action = +-1 (rad)."""
     home_noise: float = 0.02
     """Uniform noise on the initial arm joint positions (rad)."""
-    reward_weights: dict[str, float] = dataclasses.field(default_factory=lambda: {
-        "reach": 0.5, "grasp": 0.5, "lift": 2.0, "hold": 2.0, "place": 2.0,
-        "crush": -10.0, "drop": -5.0, "action_rate": -0.02})
+    reward_weights: dict[str, float] = dataclasses.field(
+        default_factory=lambda: {
+            "reach": 0.5,
+            "grasp": 0.5,
+            "lift": 2.0,
+            "hold": 2.0,
+            "place": 2.0,
+            "crush": -10.0,
+            "drop": -5.0,
+            "action_rate": -0.02,
+        }
+    )
     """Weight of each named reward term (the reward is their weighted sum)."""
     n_substeps: int = 0
     """Derived: physics steps per control step."""
@@ -100,7 +118,8 @@ class EnvConfig:
         if abs(sub - round(sub)) > 1e-6:
             raise ConfigError(
                 f"control_hz={self.control_hz} does not divide into whole physics steps of "
-                f"{scene.PHYSICS_DT} s; use e.g. 25, 50 or 125 Hz")
+                f"{scene.PHYSICS_DT} s; use e.g. 25, 50 or 125 Hz"
+            )
         if not 0.2 <= self.episode_seconds <= 60.0:
             raise ConfigError(f"episode_seconds={self.episode_seconds} outside [0.2, 60] s")
         if not 0.0 < self.max_joint_delta <= 0.5:
@@ -123,9 +142,15 @@ class GraspEnv(gym.Env):
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 25}
 
-    def __init__(self, task: str = "grasp-lift", split: str = "train",
-                 render_mode: str | None = None, config: EnvConfig | None = None,
-                 width: int = 320, height: int = 240) -> None:
+    def __init__(
+        self,
+        task: str = "grasp-lift",
+        split: str = "train",
+        render_mode: str | None = None,
+        config: EnvConfig | None = None,
+        width: int = 320,
+        height: int = 240,
+    ) -> None:
         self.config = config if config is not None else EnvConfig(task=task, split=split)
         if render_mode not in (None, "rgb_array"):
             raise ConfigError(f"render_mode={render_mode!r}; allowed: None, 'rgb_array'")
@@ -154,22 +179,28 @@ class GraspEnv(gym.Env):
 
     # --- lifecycle --------------------------------------------------------------------
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None,
-              ) -> tuple[np.ndarray, dict[str, Any]]:
+    def reset(
+        self,
+        *,
+        seed: int | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
         options = dict(options or {})
         unknown = set(options) - {"task", "object_pose"}
         if unknown:
-            raise ConfigError(f"unknown reset option(s) {sorted(unknown)}; allowed: "
-                              "'task', 'object_pose'")
+            raise ConfigError(
+                f"unknown reset option(s) {sorted(unknown)}; allowed: 'task', 'object_pose'"
+            )
         task = options.get("task")
         if task is None:
             task = sample_task(self.np_random, self.config.split)
         elif isinstance(task, dict):
             task = TaskParams.from_dict(task)
         elif not isinstance(task, TaskParams):
-            raise TaskParamError(f"options['task'] must be TaskParams or dict, got "
-                                 f"{type(task).__name__}")
+            raise TaskParamError(
+                f"options['task'] must be TaskParams or dict, got {type(task).__name__}"
+            )
         self.set_task(task)
         m, d, h, rng = self.model, self.data, self.h, self.np_random
         mujoco.mj_resetData(m, d)
@@ -186,7 +217,7 @@ class GraspEnv(gym.Env):
             y = rng.uniform(*scene.WORKSPACE_Y)
             yaw = rng.uniform(-math.pi, math.pi)
         z = scene.TABLE_TOP + float(half_extents(task.shape, task.size)[2]) + 5e-4
-        a = d.qpos[h.object_qpos: h.object_qpos + 7]
+        a = d.qpos[h.object_qpos : h.object_qpos + 7]
         a[:3] = (x, y, z)
         a[3:] = (math.cos(yaw / 2), 0.0, 0.0, math.sin(yaw / 2))
         self._obj_start = np.array([x, y, z])
@@ -222,11 +253,14 @@ class GraspEnv(gym.Env):
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
         action = np.asarray(action, dtype=np.float32).reshape(-1)
         if action.shape != (6,):
-            raise ValueError(f"action must have 6 values (5 arm deltas + gripper), got "
-                             f"shape {action.shape}")
+            raise ValueError(
+                f"action must have 6 values (5 arm deltas + gripper), got shape {action.shape}"
+            )
         if not np.all(np.isfinite(action)):
-            raise ValueError(f"action contains NaN or inf: {action}; the policy is broken "
-                             "(check its inputs and weights)")
+            raise ValueError(
+                f"action contains NaN or inf: {action}; the policy is broken "
+                "(check its inputs and weights)"
+            )
         # np.minimum/np.maximum instead of np.clip: this is the hot path, and np.clip's
         # dispatch costs more than the arithmetic on 6 numbers.
         action = np.minimum(np.maximum(action, -1.0), 1.0)
@@ -234,8 +268,9 @@ class GraspEnv(gym.Env):
         applied = self._pending.popleft()
         cfg, m, d, h = self.config, self.model, self.data, self.h
         t = self._target
-        t[:5] = np.minimum(np.maximum(t[:5] + applied[:5] * cfg.max_joint_delta, self._lo),
-                           self._hi)
+        t[:5] = np.minimum(
+            np.maximum(t[:5] + applied[:5] * cfg.max_joint_delta, self._lo), self._hi
+        )
         t[5] = _GRIP_LO + (float(applied[5]) + 1.0) * 0.5 * (_GRIP_HI - _GRIP_LO)
         d.ctrl[h.actuators] = t
         mujoco.mj_step(m, d, nstep=cfg.n_substeps)
@@ -248,8 +283,13 @@ class GraspEnv(gym.Env):
             if v:
                 reward += w.get(k, 0.0) * v
         truncated = self._steps >= cfg.max_steps and not terminated
-        return self._observe(), reward, terminated, truncated, \
-            self._info(success, terms, self._grip)
+        return (
+            self._observe(),
+            reward,
+            terminated,
+            truncated,
+            self._info(success, terms, self._grip),
+        )
 
     # --- evaluation -------------------------------------------------------------------
 
@@ -286,7 +326,7 @@ class GraspEnv(gym.Env):
 
     def _evaluate(self, action: np.ndarray) -> tuple[dict[str, float], bool, bool]:
         d, h, kind = self.data, self.h, self.config.task
-        obj = d.qpos[h.object_qpos: h.object_qpos + 3]
+        obj = d.qpos[h.object_qpos : h.object_qpos + 3]
         tcp = d.site_xpos[h.tcp_site]
         dist = math.dist(tcp, obj)
         left, right = self._pad_contacts()
@@ -328,7 +368,7 @@ class GraspEnv(gym.Env):
         o[13] = -d.actuator_force[h.actuators[5]] / scene.GRIPPER_FORCE
         o[14:20] = self._prev_action
         oq = h.object_qpos
-        o[23:30] = d.qpos[oq: oq + 7]
+        o[23:30] = d.qpos[oq : oq + 7]
         if o[26] < 0:  # canonical quaternion sign: w >= 0
             o[26:30] *= -1.0
         if s > 0:

@@ -41,8 +41,12 @@ def register_family(family: TaskFamily) -> None:
     """Add a family to the registry and to Gymnasium (idempotent)."""
     FAMILIES[family.name] = family
     if family.env_id not in gym.registry:
-        gym.register(id=family.env_id, entry_point=family.entry_point, kwargs=family.kwargs,
-                     disable_env_checker=True)
+        gym.register(
+            id=family.env_id,
+            entry_point=family.entry_point,
+            kwargs=family.kwargs,
+            disable_env_checker=True,
+        )
 
 
 def get_family(name: str) -> TaskFamily:
@@ -54,8 +58,9 @@ def get_family(name: str) -> TaskFamily:
     for fam in FAMILIES.values():
         if name in (fam.name, fam.env_id):
             return fam
-    raise UnknownNameError(f"unknown task family {name!r}; registered: {sorted(FAMILIES)} "
-                           "(see `metagrasp envs`)")
+    raise UnknownNameError(
+        f"unknown task family {name!r}; registered: {sorted(FAMILIES)} (see `metagrasp envs`)"
+    )
 
 
 def make_env(name: str, split: str = "train", **kwargs: Any) -> gym.Env:
@@ -63,16 +68,20 @@ def make_env(name: str, split: str = "train", **kwargs: Any) -> gym.Env:
     fam = get_family(name)
     check_split(split)
     if split not in fam.splits:
-        raise UnknownNameError(f"family {fam.name!r} has no split {split!r}; it has "
-                               f"{list(fam.splits)}")
+        raise UnknownNameError(
+            f"family {fam.name!r} has no split {split!r}; it has {list(fam.splits)}"
+        )
     return gym.make(fam.env_id, split=split, **kwargs)
 
 
 _GRASP = "metagrasp.sim.grasp_env:GraspEnv"
 for _name, _id, _desc in (
     ("reach", "metagrasp/Reach-v0", "move the gripper's centre onto the object (2 cm)"),
-    ("grasp-lift", "metagrasp/GraspLift-v0",
-     "grasp the object, lift it 5 cm and hold it to the end without crushing it"),
+    (
+        "grasp-lift",
+        "metagrasp/GraspLift-v0",
+        "grasp the object, lift it 5 cm and hold it to the end without crushing it",
+    ),
     ("place", "metagrasp/Place-v0", "carry the object to a target on the table (3 cm)"),
 ):
     register_family(TaskFamily(_name, _id, _GRASP, {"task": _name}, _desc))

@@ -88,17 +88,29 @@ class SceneHandles:
 def _arm_mjcf(root: mjcf.RootElement, arm: ArmGeometry) -> None:
     """Add the arm's kinematic tree, servos and sensors to ``root``."""
     lo, hi = arm.joint_lower, arm.joint_upper
-    link = dict(type="capsule", rgba=(0.95, 0.55, 0.15, 1), contype=_ROBOT,
-                conaffinity=_TABLE, group=1)
+    link = dict(
+        type="capsule", rgba=(0.95, 0.55, 0.15, 1), contype=_ROBOT, conaffinity=_TABLE, group=1
+    )
     dark = dict(rgba=(0.15, 0.15, 0.18, 1), contype=_ROBOT, conaffinity=_TABLE, group=1)
     wb = root.worldbody
     base = wb.add("body", name="base")
-    base.add("geom", name="base", type="cylinder", size=(0.045, arm.pan_height / 2),
-             pos=(0, 0, arm.pan_height / 2), **dark)
+    base.add(
+        "geom",
+        name="base",
+        type="cylinder",
+        size=(0.045, arm.pan_height / 2),
+        pos=(0, 0, arm.pan_height / 2),
+        **dark,
+    )
     shoulder = base.add("body", name="shoulder", pos=(0, 0, arm.pan_height))
     shoulder.add("joint", name="shoulder_pan", axis=(0, 0, 1), range=(lo[0], hi[0]))
-    shoulder.add("geom", type="box", size=(0.03, 0.025, arm.shoulder_offset[1] / 2),
-                 pos=(0.01, 0, arm.shoulder_offset[1] / 2), **dark)
+    shoulder.add(
+        "geom",
+        type="box",
+        size=(0.03, 0.025, arm.shoulder_offset[1] / 2),
+        pos=(0.01, 0, arm.shoulder_offset[1] / 2),
+        **dark,
+    )
     sx, sz = arm.shoulder_offset
     upper = shoulder.add("body", name="upper_arm", pos=(sx, 0, sz))
     upper.add("joint", name="shoulder_lift", axis=(0, 1, 0), range=(lo[1], hi[1]))
@@ -112,47 +124,89 @@ def _arm_mjcf(root: mjcf.RootElement, arm: ArmGeometry) -> None:
     hand = wrist.add("body", name="hand", pos=(0, 0, -arm.wrist_to_roll))
     hand.add("joint", name="wrist_roll", axis=(0, 0, 1), range=(lo[4], hi[4]))
     palm_h = 0.012
-    hand.add("geom", name="palm", type="box", size=(0.018, 0.045, palm_h / 2),
-             pos=(0, 0, -palm_h / 2), **dark)
+    hand.add(
+        "geom",
+        name="palm",
+        type="box",
+        size=(0.018, 0.045, palm_h / 2),
+        pos=(0, 0, -palm_h / 2),
+        **dark,
+    )
     tcp_z = -(arm.wrist_to_tcp - arm.wrist_to_roll)
-    hand.add("site", name="tcp", pos=(0, 0, tcp_z), size=(0.004,), rgba=(1, 0, 0, 0.6),
-             group=3)
+    hand.add("site", name="tcp", pos=(0, 0, tcp_z), size=(0.004,), rgba=(1, 0, 0, 0.6), group=3)
     pad_half = (0.011, 0.004, 0.022)
     finger_len = -tcp_z - palm_h + pad_half[2]
     for side, sign in (("left", 1.0), ("right", -1.0)):
         finger = hand.add("body", name=f"finger_{side}", pos=(0, 0, -palm_h))
         jname = "gripper" if side == "left" else "gripper_mirror"
-        finger.add("joint", name=jname, type="slide", axis=(0, sign, 0),
-                   range=(lo[5], hi[5]))
-        finger.add("geom", name=f"finger_{side}", type="box",
-                   size=(0.008, 0.003, finger_len / 2 - pad_half[2]),
-                   pos=(0, sign * 0.009, -(finger_len / 2 - pad_half[2])), **dark)
+        finger.add("joint", name=jname, type="slide", axis=(0, sign, 0), range=(lo[5], hi[5]))
+        finger.add(
+            "geom",
+            name=f"finger_{side}",
+            type="box",
+            size=(0.008, 0.003, finger_len / 2 - pad_half[2]),
+            pos=(0, sign * 0.009, -(finger_len / 2 - pad_half[2])),
+            **dark,
+        )
         pad_pos = (0, sign * pad_half[1], tcp_z + palm_h)
-        finger.add("geom", name=f"pad_{side}", type="box", size=pad_half, pos=pad_pos,
-                   rgba=(0.2, 0.2, 0.2, 1), contype=_ROBOT, conaffinity=_TABLE, group=1,
-                   friction=(0.3, 0.005, 0.0001))
+        finger.add(
+            "geom",
+            name=f"pad_{side}",
+            type="box",
+            size=pad_half,
+            pos=pad_pos,
+            rgba=(0.2, 0.2, 0.2, 1),
+            contype=_ROBOT,
+            conaffinity=_TABLE,
+            group=1,
+            friction=(0.3, 0.005, 0.0001),
+        )
         # The touch zone covers the pad's inner face: the sensor sums normal forces of
         # contacts inside it, i.e. the squeeze on the object (and any press on the table).
-        finger.add("site", name=f"touch_{side}", type="box",
-                   size=(pad_half[0] + 0.002, pad_half[1] + 0.003, pad_half[2] + 0.002),
-                   pos=pad_pos, rgba=(0, 1, 0, 0.2), group=4)
+        finger.add(
+            "site",
+            name=f"touch_{side}",
+            type="box",
+            size=(pad_half[0] + 0.002, pad_half[1] + 0.003, pad_half[2] + 0.002),
+            pos=pad_pos,
+            rgba=(0, 1, 0, 0.2),
+            group=4,
+        )
         root.sensor.add("touch", name=f"touch_{side}", site=f"touch_{side}")
     # One servo drives both fingers: the mirror finger follows through a joint equality.
-    root.equality.add("joint", joint1="gripper_mirror", joint2="gripper",
-                      polycoef=(0, 1, 0, 0, 0), solref=(0.005, 1))
+    root.equality.add(
+        "joint",
+        joint1="gripper_mirror",
+        joint2="gripper",
+        polycoef=(0, 1, 0, 0, 0),
+        solref=(0.005, 1),
+    )
     arm_joints = arm.joint_names[:5]
     for name, kp, kv in zip(arm_joints, ARM_KP, ARM_KV, strict=True):
         i = arm.joint_names.index(name)
-        root.actuator.add("position", name=name, joint=name, kp=kp, kv=kv,
-                          ctrlrange=(lo[i], hi[i]), forcerange=(-ARM_FORCE, ARM_FORCE))
+        root.actuator.add(
+            "position",
+            name=name,
+            joint=name,
+            kp=kp,
+            kv=kv,
+            ctrlrange=(lo[i], hi[i]),
+            forcerange=(-ARM_FORCE, ARM_FORCE),
+        )
     # The servo pulls both fingers through one rack: a tendon averaging the two slides,
     # so the squeeze acts on both fingers equally (the equality only keeps them in step).
     tendon = root.tendon.add("fixed", name="grip")
     tendon.add("joint", joint="gripper", coef=0.5)
     tendon.add("joint", joint="gripper_mirror", coef=0.5)
-    root.actuator.add("position", name="gripper", tendon="grip", kp=GRIPPER_KP,
-                      kv=GRIPPER_KV, ctrlrange=(GRIPPER_CTRL_MIN, hi[5]),
-                      forcerange=(-GRIPPER_FORCE, GRIPPER_FORCE))
+    root.actuator.add(
+        "position",
+        name="gripper",
+        tendon="grip",
+        kp=GRIPPER_KP,
+        kv=GRIPPER_KV,
+        ctrlrange=(GRIPPER_CTRL_MIN, hi[5]),
+        forcerange=(-GRIPPER_FORCE, GRIPPER_FORCE),
+    )
 
 
 def _object_mjcf(root: mjcf.RootElement) -> None:
@@ -163,19 +217,36 @@ def _object_mjcf(root: mjcf.RootElement) -> None:
     obj.add("freejoint", name="object")
     # Explicit inertial: tasks overwrite mass, inertia and centre of mass at run time.
     obj.add("inertial", pos=(0, 0, 0), mass=0.1, diaginertia=(1e-4, 1e-4, 1e-4))
-    common = dict(contype=0, conaffinity=0, condim=4, priority=1,
-                  friction=(0.8, 0.005, 0.0001), rgba=(0.2, 0.5, 0.9, 0), group=2,
-                  mass=0)
+    common = dict(
+        contype=0,
+        conaffinity=0,
+        condim=4,
+        priority=1,
+        friction=(0.8, 0.005, 0.0001),
+        rgba=(0.2, 0.5, 0.9, 0),
+        group=2,
+        mass=0,
+    )
     for shape in SHAPES:
         if shape.startswith("mesh_"):
             obj.add("geom", name=f"obj_{shape}", type="mesh", mesh=shape, **common)
         elif shape == "capsule":
             # Lying along x: an upright capsule would topple.
-            obj.add("geom", name=f"obj_{shape}", type="capsule", size=(0.015, 0.02),
-                    quat=(0.7071068, 0, 0.7071068, 0), **common)
+            obj.add(
+                "geom",
+                name=f"obj_{shape}",
+                type="capsule",
+                size=(0.015, 0.02),
+                quat=(0.7071068, 0, 0.7071068, 0),
+                **common,
+            )
         else:
-            size = {"box": (0.02, 0.02, 0.02), "cylinder": (0.02, 0.02),
-                    "sphere": (0.02,), "ellipsoid": (0.02, 0.02, 0.02)}[shape]
+            size = {
+                "box": (0.02, 0.02, 0.02),
+                "cylinder": (0.02, 0.02),
+                "sphere": (0.02,),
+                "ellipsoid": (0.02, 0.02, 0.02),
+            }[shape]
             obj.add("geom", name=f"obj_{shape}", type=shape, size=size, **common)
 
 
@@ -195,18 +266,43 @@ def scene_xml(arm: ArmGeometry = ARM) -> tuple[str, dict[str, bytes]]:
     getattr(root.visual, "global").offwidth = 640
     getattr(root.visual, "global").offheight = 480
     root.visual.headlight.ambient = (0.45, 0.45, 0.45)
-    root.asset.add("texture", name="grid", type="2d", builtin="checker", width=256,
-                   height=256, rgb1=(0.82, 0.78, 0.7), rgb2=(0.76, 0.72, 0.64))
+    root.asset.add(
+        "texture",
+        name="grid",
+        type="2d",
+        builtin="checker",
+        width=256,
+        height=256,
+        rgb1=(0.82, 0.78, 0.7),
+        rgb2=(0.76, 0.72, 0.64),
+    )
     root.asset.add("material", name="table", texture="grid", texrepeat=(8, 8))
     wb = root.worldbody
     wb.add("light", pos=(0.2, -0.3, 0.8), dir=(0, 0.3, -0.8), diffuse=(0.6, 0.6, 0.6))
-    wb.add("geom", name="table", type="box", size=(0.4, 0.4, 0.02),
-           pos=(0.15, 0, TABLE_TOP - 0.02), material="table", contype=_TABLE,
-           conaffinity=0, friction=(0.5, 0.005, 0.0001))
-    wb.add("camera", name="front", pos=(0.62, -0.38, 0.38), xyaxes=(0.53, 0.85, 0, -0.35, 0.22, 0.91))
+    wb.add(
+        "geom",
+        name="table",
+        type="box",
+        size=(0.4, 0.4, 0.02),
+        pos=(0.15, 0, TABLE_TOP - 0.02),
+        material="table",
+        contype=_TABLE,
+        conaffinity=0,
+        friction=(0.5, 0.005, 0.0001),
+    )
+    wb.add(
+        "camera", name="front", pos=(0.62, -0.38, 0.38), xyaxes=(0.53, 0.85, 0, -0.35, 0.22, 0.91)
+    )
     wb.add("camera", name="side", pos=(0.2, -0.55, 0.2), xyaxes=(1, 0, 0, 0, 0.3, 0.95))
-    wb.add("site", name="goal", type="sphere", size=(0.012,), pos=(0.2, 0.0, 0.1),
-           rgba=(0.1, 0.9, 0.2, 0.5), group=2)
+    wb.add(
+        "site",
+        name="goal",
+        type="sphere",
+        size=(0.012,),
+        pos=(0.2, 0.0, 0.1),
+        rgba=(0.1, 0.9, 0.2, 0.5),
+        group=2,
+    )
     _arm_mjcf(root, arm)
     _object_mjcf(root)
     # The two fingers touch when the gripper closes empty: that contact is never useful.

@@ -37,8 +37,13 @@ class ScriptedGrasp:
         max_joint_delta: the env's action scale (rad per step at action 1).
     """
 
-    def __init__(self, task: TaskParams, kind: str = "grasp-lift", grip_force: float = 8.0,
-                 max_joint_delta: float = 0.06) -> None:
+    def __init__(
+        self,
+        task: TaskParams,
+        kind: str = "grasp-lift",
+        grip_force: float = 8.0,
+        max_joint_delta: float = 0.06,
+    ) -> None:
         self.ext = half_extents(task.shape, task.size)
         self.kind = kind
         half_width = float(min(self.ext[0], self.ext[1]))
@@ -52,10 +57,10 @@ class ScriptedGrasp:
         self._roll = 0.0
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
-        q = obs[_I["q_shoulder_pan"]: _I["q_wrist_roll"] + 1].astype(float)
-        obj = obs[_I["obj_x"]: _I["obj_z"] + 1].astype(float)
-        rel = obs[_I["obj_rel_x"]: _I["obj_rel_z"] + 1].astype(float)
-        goal = obs[_I["goal_x"]: _I["goal_z"] + 1].astype(float)
+        q = obs[_I["q_shoulder_pan"] : _I["q_wrist_roll"] + 1].astype(float)
+        obj = obs[_I["obj_x"] : _I["obj_z"] + 1].astype(float)
+        rel = obs[_I["obj_rel_x"] : _I["obj_rel_z"] + 1].astype(float)
+        goal = obs[_I["goal_x"] : _I["goal_z"] + 1].astype(float)
         yaw = _yaw(obs[_I["obj_qw"]], obs[_I["obj_qz"]])
         # Close across the object's narrow horizontal side.
         finger_yaw = yaw + (math.pi / 2 if self.ext[1] < self.ext[0] else 0.0)
@@ -70,8 +75,11 @@ class ScriptedGrasp:
                 self.phase = "descend"
         elif self.phase == "descend":
             target = np.array([obj[0], obj[1], grasp_z])
-            if abs(rel[2] - (grasp_z - obj[2])) < 0.008 and np.linalg.norm(rel[:2]) < 0.006 \
-                    or self.t > 60:
+            if (
+                abs(rel[2] - (grasp_z - obj[2])) < 0.008
+                and np.linalg.norm(rel[:2]) < 0.006
+                or self.t > 60
+            ):
                 self.phase, self.t_close = "close", self.t
         if self.phase == "close":
             target = np.array([obj[0], obj[1], grasp_z])
@@ -80,8 +88,11 @@ class ScriptedGrasp:
                 self.phase = "lift" if self.kind != "reach" else "hold"
         if self.phase == "lift":
             gripper = self.grip
-            target = goal + (0, 0, 0.03) if self.kind == "grasp-lift" else \
-                np.array([goal[0], goal[1], goal[2] + 0.04])
+            target = (
+                goal + (0, 0, 0.03)
+                if self.kind == "grasp-lift"
+                else np.array([goal[0], goal[1], goal[2] + 0.04])
+            )
         if self.phase == "hold":
             target = np.array([obj[0], obj[1], grasp_z])
         r = math.hypot(target[0], target[1])
@@ -92,8 +103,13 @@ class ScriptedGrasp:
         return np.concatenate([np.clip(delta, -1, 1), [gripper]]).astype(np.float32)
 
 
-def run_episode(env, policy=None, seed: int | None = None, options: dict | None = None,
-                frames: list | None = None) -> dict:
+def run_episode(
+    env,
+    policy=None,
+    seed: int | None = None,
+    options: dict | None = None,
+    frames: list | None = None,
+) -> dict:
     """Run one episode; ``policy`` defaults to :class:`ScriptedGrasp` for the env's task.
 
     Returns a summary: return, success, crushed, peak grip force, steps, reward terms.
@@ -101,8 +117,9 @@ def run_episode(env, policy=None, seed: int | None = None, options: dict | None 
     obs, info = env.reset(seed=seed, options=options)
     base = env.unwrapped
     if policy is None:
-        policy = ScriptedGrasp(base.task, base.config.task,
-                               max_joint_delta=base.config.max_joint_delta)
+        policy = ScriptedGrasp(
+            base.task, base.config.task, max_joint_delta=base.config.max_joint_delta
+        )
     total, peak, steps = 0.0, 0.0, 0
     sums: dict[str, float] = {}
     while True:
@@ -118,9 +135,15 @@ def run_episode(env, policy=None, seed: int | None = None, options: dict | None 
             break
     if frames is not None:
         frames.append(env.render())
-    return {"return": total, "success": bool(info["success"]), "crushed": info["crushed"],
-            "peak_grip_force": peak, "steps": steps, "reward_terms": sums,
-            "task": base.task.to_dict()}
+    return {
+        "return": total,
+        "success": bool(info["success"]),
+        "crushed": info["crushed"],
+        "peak_grip_force": peak,
+        "steps": steps,
+        "reward_terms": sums,
+        "task": base.task.to_dict(),
+    }
 
 
 __all__ = ["ARM", "ScriptedGrasp", "run_episode"]

@@ -38,8 +38,16 @@ from metagrasp.sim.objects import (
 GRAVITY = 9.81
 SPLITS: tuple[str, ...] = ("train", "test", "hard")
 
-TRAIN_SHAPES: tuple[str, ...] = ("box", "cylinder", "sphere", "capsule", "mesh_0", "mesh_1",
-                                 "mesh_2", "mesh_3")
+TRAIN_SHAPES: tuple[str, ...] = (
+    "box",
+    "cylinder",
+    "sphere",
+    "capsule",
+    "mesh_0",
+    "mesh_1",
+    "mesh_2",
+    "mesh_3",
+)
 """Shapes seen in meta-training."""
 HELD_OUT_SHAPES: tuple[str, ...] = ("ellipsoid", "mesh_4", "mesh_5")
 """Shapes only the ``test``/``hard`` splits use."""
@@ -126,8 +134,9 @@ class TaskParams:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (tuples become lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v
-                for k, v in dataclasses.asdict(self).items()}
+        return {
+            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TaskParams:
@@ -142,7 +151,8 @@ class TaskParams:
         unknown = sorted(set(data) - set(names))
         if unknown:
             raise TaskParamError(
-                f"unknown task field(s) {unknown}; allowed fields: {sorted(names)}")
+                f"unknown task field(s) {unknown}; allowed fields: {sorted(names)}"
+            )
         kwargs: dict[str, Any] = {}
         for key, value in data.items():
             default = names[key].default
@@ -168,8 +178,8 @@ class TaskParams:
                     kwargs[key] = value
             except (TypeError, ValueError) as exc:
                 raise TaskParamError(
-                    f"task field {key!r}={value!r} is malformed: {exc} "
-                    f"(expected like {default!r})") from None
+                    f"task field {key!r}={value!r} is malformed: {exc} (expected like {default!r})"
+                ) from None
         return cls(**kwargs)
 
     def replace(self, **changes: Any) -> TaskParams:
@@ -191,29 +201,43 @@ class TaskParams:
         Order: mass, friction, com x/y/z, log crush limit, gain, damping, armature,
         latency, obs noise (11 values; see :data:`PRIVILEGED_NAMES`).
         """
-        return np.array([
-            (self.mass - 0.25) / 0.25,
-            (self.friction - 0.8) / 0.6,
-            *(np.asarray(self.com_offset) / 0.01),
-            (math.log(self.crush_limit) - math.log(12.0)) / 1.5,
-            (self.actuator_gain - 1.0) / 0.3,
-            (self.damping - 1.0) / 0.5,
-            (self.armature - 1.0) / 0.5,
-            self.latency - 1.0,
-            self.obs_noise / 0.005,
-        ], dtype=np.float32)
+        return np.array(
+            [
+                (self.mass - 0.25) / 0.25,
+                (self.friction - 0.8) / 0.6,
+                *(np.asarray(self.com_offset) / 0.01),
+                (math.log(self.crush_limit) - math.log(12.0)) / 1.5,
+                (self.actuator_gain - 1.0) / 0.3,
+                (self.damping - 1.0) / 0.5,
+                (self.armature - 1.0) / 0.5,
+                self.latency - 1.0,
+                self.obs_noise / 0.005,
+            ],
+            dtype=np.float32,
+        )
 
 
 PRIVILEGED_NAMES: tuple[str, ...] = (
-    "mass", "friction", "com_x", "com_y", "com_z", "log_crush_limit", "actuator_gain",
-    "damping", "armature", "latency", "obs_noise")
+    "mass",
+    "friction",
+    "com_x",
+    "com_y",
+    "com_z",
+    "log_crush_limit",
+    "actuator_gain",
+    "damping",
+    "armature",
+    "latency",
+    "obs_noise",
+)
 
 
 def _check_range(name: str, value: float, lo: float, hi: float, unit: str = "") -> None:
     if not (isinstance(value, (int, float)) and math.isfinite(value) and lo <= value <= hi):
         raise TaskParamError(
             f"task field {name!r}={value!r} is outside the physically valid range "
-            f"[{lo}, {hi}]{unit}")
+            f"[{lo}, {hi}]{unit}"
+        )
 
 
 def validate_task(p: TaskParams) -> None:
@@ -223,8 +247,7 @@ def validate_task(p: TaskParams) -> None:
         TaskParamError: naming the field and the allowed range.
     """
     if p.shape not in SHAPES:
-        raise TaskParamError(f"task field 'shape'={p.shape!r} is unknown; allowed: "
-                             f"{list(SHAPES)}")
+        raise TaskParamError(f"task field 'shape'={p.shape!r} is unknown; allowed: {list(SHAPES)}")
     if len(p.size) != 3:
         raise TaskParamError("task field 'size' needs 3 numbers (MuJoCo geom size)")
     for v in p.size:
@@ -232,10 +255,14 @@ def validate_task(p: TaskParams) -> None:
     if p.shape in PRIMITIVES:
         ext = half_extents(p.shape, p.size)
         # The narrow horizontal dimension must fit between the fingers.
-        _check_range("size (half-width between the fingers)", float(min(ext[0], ext[1])),
-                     MIN_HALF_WIDTH, MAX_HALF_WIDTH, " m")
-        _check_range("size (half-height)", float(ext[2]), MIN_HALF_HEIGHT, MAX_HALF_HEIGHT,
-                     " m")
+        _check_range(
+            "size (half-width between the fingers)",
+            float(min(ext[0], ext[1])),
+            MIN_HALF_WIDTH,
+            MAX_HALF_WIDTH,
+            " m",
+        )
+        _check_range("size (half-height)", float(ext[2]), MIN_HALF_HEIGHT, MAX_HALF_HEIGHT, " m")
     for name, (lo, hi) in VALID_RANGES.items():
         unit = {"mass": " kg", "crush_limit": " N"}.get(name, "")
         _check_range(name, getattr(p, name), lo, hi, unit)
@@ -243,11 +270,17 @@ def validate_task(p: TaskParams) -> None:
         raise TaskParamError("task field 'com_offset' needs 3 numbers (m)")
     ext = half_extents(p.shape, p.size)
     for axis, (v, e) in enumerate(zip(p.com_offset, ext, strict=True)):
-        _check_range(f"com_offset[{axis}]", v, -0.5 * float(e), 0.5 * float(e),
-                     " m (half the object's extent)")
+        _check_range(
+            f"com_offset[{axis}]",
+            v,
+            -0.5 * float(e),
+            0.5 * float(e),
+            " m (half the object's extent)",
+        )
     if p.latency not in LATENCY_STEPS or isinstance(p.latency, bool):
-        raise TaskParamError(f"task field 'latency'={p.latency!r} must be one of "
-                             f"{list(LATENCY_STEPS)} control steps")
+        raise TaskParamError(
+            f"task field 'latency'={p.latency!r} must be one of {list(LATENCY_STEPS)} control steps"
+        )
 
 
 def is_feasible(p: TaskParams) -> bool:
@@ -274,9 +307,14 @@ def _sample_size(rng: np.random.Generator, shape: str) -> tuple[float, float, fl
     return (0.0, 0.0, 0.0)  # meshes: fixed size
 
 
-def _draw(rng: np.random.Generator, split: str, shapes: tuple[str, ...],
-          mass_range: tuple[float, float], exclude_band: bool, hard: bool = False,
-          ) -> TaskParams:
+def _draw(
+    rng: np.random.Generator,
+    split: str,
+    shapes: tuple[str, ...],
+    mass_range: tuple[float, float],
+    exclude_band: bool,
+    hard: bool = False,
+) -> TaskParams:
     """Draw one feasible task (rejection sampling over infeasible combinations)."""
     for _ in range(1000):
         shape = shapes[int(rng.integers(len(shapes)))]
@@ -285,8 +323,9 @@ def _draw(rng: np.random.Generator, split: str, shapes: tuple[str, ...],
         if exclude_band and HELD_OUT_MASS[0] <= mass <= HELD_OUT_MASS[1]:
             continue
         friction = float(rng.uniform(*TRAIN_FRICTION))
-        crush = float(rng.uniform(*TRAIN_CRUSH)) if rng.random() < FRAGILE_FRACTION \
-            else ROBUST_CRUSH
+        crush = (
+            float(rng.uniform(*TRAIN_CRUSH)) if rng.random() < FRAGILE_FRACTION else ROBUST_CRUSH
+        )
         if hard:
             # At least one property outside the train ranges; sometimes two.
             extremes = rng.permutation(3)[: 1 + int(rng.random() < 0.3)]
@@ -300,7 +339,11 @@ def _draw(rng: np.random.Generator, split: str, shapes: tuple[str, ...],
         ext = half_extents(shape, size)
         com = tuple(float(v) for v in rng.uniform(-0.3, 0.3, size=3) * ext)
         params = TaskParams(
-            shape=shape, size=size, mass=mass, friction=friction, com_offset=com,
+            shape=shape,
+            size=size,
+            mass=mass,
+            friction=friction,
+            com_offset=com,
             crush_limit=crush,
             actuator_gain=float(rng.uniform(*TRAIN_GAIN)),
             damping=float(rng.uniform(*TRAIN_DAMPING)),
@@ -313,7 +356,7 @@ def _draw(rng: np.random.Generator, split: str, shapes: tuple[str, ...],
     raise RuntimeError(f"could not draw a feasible {split} task in 1000 tries")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def split_tasks(split: str) -> tuple[TaskParams, ...]:
     """The fixed tasks of ``test`` or ``hard`` (built from fixed seeds, deterministic).
 
@@ -322,8 +365,10 @@ def split_tasks(split: str) -> tuple[TaskParams, ...]:
     """
     check_split(split)
     if split == "train":
-        raise UnknownNameError("split 'train' is a distribution: use sample_task(rng, "
-                               "'train'); fixed task lists exist for 'test' and 'hard'")
+        raise UnknownNameError(
+            "split 'train' is a distribution: use sample_task(rng, "
+            "'train'); fixed task lists exist for 'test' and 'hard'"
+        )
     tasks = []
     if split == "test":
         rng = np.random.default_rng(TEST_SEED)
@@ -363,12 +408,13 @@ def sample_task(rng: np.random.Generator, split: str = "train") -> TaskParams:
 
 def in_train_support(p: TaskParams) -> bool:
     """Whether ``train`` sampling could produce this task (used to prove non-overlap)."""
-    return (p.shape in TRAIN_SHAPES
-            and TRAIN_MASS[0] <= p.mass <= TRAIN_MASS[1]
-            and not HELD_OUT_MASS[0] <= p.mass <= HELD_OUT_MASS[1]
-            and TRAIN_FRICTION[0] <= p.friction <= TRAIN_FRICTION[1]
-            and (p.crush_limit == ROBUST_CRUSH
-                 or TRAIN_CRUSH[0] <= p.crush_limit <= TRAIN_CRUSH[1]))
+    return (
+        p.shape in TRAIN_SHAPES
+        and TRAIN_MASS[0] <= p.mass <= TRAIN_MASS[1]
+        and not HELD_OUT_MASS[0] <= p.mass <= HELD_OUT_MASS[1]
+        and TRAIN_FRICTION[0] <= p.friction <= TRAIN_FRICTION[1]
+        and (p.crush_limit == ROBUST_CRUSH or TRAIN_CRUSH[0] <= p.crush_limit <= TRAIN_CRUSH[1])
+    )
 
 
 # --- applying a task to a compiled model -------------------------------------------------
@@ -385,12 +431,20 @@ class NominalDynamics:
 
     @classmethod
     def capture(cls, model: Any) -> NominalDynamics:
-        return cls(model.actuator_gainprm.copy(), model.actuator_biasprm.copy(),
-                   model.dof_damping.copy(), model.dof_armature.copy())
+        return cls(
+            model.actuator_gainprm.copy(),
+            model.actuator_biasprm.copy(),
+            model.dof_damping.copy(),
+            model.dof_armature.copy(),
+        )
 
 
-def apply_task(model: Any, params: TaskParams, handles: Any, nominal: NominalDynamics,
-               ) -> None:
+def apply_task(
+    model: Any,
+    params: TaskParams,
+    handles: Any,
+    nominal: NominalDynamics,
+) -> None:
     """Write ``params`` into a compiled scene model in place (no recompile).
 
     Activates the task's object geom (the other candidates stop colliding and vanish),
@@ -421,15 +475,21 @@ def apply_task(model: Any, params: TaskParams, handles: Any, nominal: NominalDyn
     g = params.actuator_gain
     model.actuator_gainprm[:, 0] = nominal.gainprm[:, 0] * g
     model.actuator_biasprm[:, 1:3] = nominal.biasprm[:, 1:3] * g
-    model.dof_damping[handles.arm_dofs_all] = nominal.damping[handles.arm_dofs_all] * \
-        params.damping
-    model.dof_armature[handles.arm_dofs_all] = nominal.armature[handles.arm_dofs_all] * \
-        params.armature
+    model.dof_damping[handles.arm_dofs_all] = nominal.damping[handles.arm_dofs_all] * params.damping
+    model.dof_armature[handles.arm_dofs_all] = (
+        nominal.armature[handles.arm_dofs_all] * params.armature
+    )
 
 
 def _colour(p: TaskParams) -> tuple[float, float, float]:
     """Colour by shape only: hidden properties must not leak into rendered pixels."""
     i = SHAPES.index(p.shape)
-    palette = [(0.85, 0.3, 0.3), (0.3, 0.6, 0.9), (0.4, 0.8, 0.4), (0.9, 0.75, 0.3),
-               (0.7, 0.45, 0.85), (0.5, 0.75, 0.8)]
+    palette = [
+        (0.85, 0.3, 0.3),
+        (0.3, 0.6, 0.9),
+        (0.4, 0.8, 0.4),
+        (0.9, 0.75, 0.3),
+        (0.7, 0.45, 0.85),
+        (0.5, 0.75, 0.8),
+    ]
     return palette[i % len(palette)]

@@ -1,0 +1,136 @@
+"""Invariants that every registered environment must satisfy."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import metagrasp.sim  # noqa: F401  (registers the envs)
+from metagrasp.errors import ConfigError, TaskParamError, UnknownNameError
+from metagrasp.sim import FAMILIES, make_env
+from metagrasp.sim.grasp_env import OBS_NAMES, EnvConfig, GraspEnv
+from metagrasp.sim.tasks import TaskParams, split_tasks
+
+ENV_IDS = [f.env_id for f in FAMILIES.values()]
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_gymnasium_env_checker_passes(env_id):
+    env = gym.make(env_id)
+    with pytest.warns(UserWarning):  # only the infinite-bounds Box warnings are expected
+        check_env(env.unwrapped, skip_render_check=True)
+    env.close()
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+@pytest.mark.parametrize("split", ["train", "test", "hard"])
+def test_rollout_invariants(env_id, split):
+    env = gym.make(env_id, split=split)
+    obs, info = env.reset(seed=3)
+    assert obs.shape == (len(OBS_NAMES),) and obs.dtype == np.float32
+    weights = env.unwrapped.config.reward_weights
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        obs, reward, term, trunc, info = env.step(rng.uniform(-1, 1, 6).astype(np.float32))
+        assert env.observation_space.contains(obs)
+        assert np.all(np.isfinite(obs))
+        assert set(info) >= {"success", "reward_terms", "grip_force", "crushed", "task"}
+        expected = sum(weights.get(k, 0.0) * v for k, v in info["reward_terms"].items())
+        assert reward == pytest.approx(expected)
+        assert info["task"].shape == (11,)
+        assert 0.0 <= info["grip_force"] <= 20.0 + 1e-6
+        if term or trunc:
+            obs, info = env.reset()
+    env.close()
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_seeded_determinism(env_id):
+    def run():
+        env = gym.make(env_id)
+        obs, _ = env.reset(seed=11)
+        out = [obs]
+        rng = np.random.default_rng(5)
+        for _ in range(25):
+            obs, r, *_ = env.step(rng.uniform(-1, 1, 6).astype(np.float32))
+            out.append(np.append(obs, r))
+        return np.concatenate(out)
+
+    np.testing.assert_array_equal(run(), run())
+
+
+def test_episode_length_and_truncation():
+    env = GraspEnv(config=EnvConfig(episode_seconds=1.0))
+    env.reset(seed=0)
+    steps, trunc, term = 0, False, False
+    while not (trunc or term):
+        _, _, term, trunc, _ = env.step(np.zeros(6, np.float32))
+        steps += 1
+    assert trunc and steps == 25
+
+
+def test_hidden_parameters_never_reach_the_observation():
+    """Two tasks differing only in hidden properties give the same first observation."""
+    env = GraspEnv()
+    base = TaskParams(shape="box", size=(0.02, 0.025, 0.02))
+    twin = base.replace(mass=0.35, friction=0.4, crush_limit=3.0, com_offset=(0.005, 0, 0))
+    o1, i1 = env.reset(seed=4, options={"task": base})
+    o2, i2 = env.reset(seed=4, options={"task": twin})
+    np.testing.assert_array_equal(o1, o2)
+    assert not np.array_equal(i1["task"], i2["task"])
+
+
+def test_latency_delays_the_command():
+    env = GraspEnv()
+    task = TaskParams(latency=2)
+    env.reset(seed=0, options={"task": task, "object_pose": (0.25, 0.08, 0.0)})
+    ctrl0 = env.data.ctrl[0]
+    push = np.array([1, 0, 0, 0, 0, 1], np.float32)
+    env.step(push)
+    env.step(push)
+    assert env.data.ctrl[0] == pytest.approx(ctrl0)  # not yet applied
+    env.step(push)
+    assert env.data.ctrl[0] == pytest.approx(ctrl0 + env.config.max_joint_delta)
+
+
+def test_reset_with_task_dict_and_object_pose():
+    env = GraspEnv(split="test")
+    t = split_tasks("test")[0]
+    obs, _ = env.reset(seed=0, options={"task": t.to_dict(), "object_pose": (0.2, 0.05, 0.3)})
+    assert env.task == t
+    np.testing.assert_allclose(obs[23:25], (0.2, 0.05), atol=0.01)  # obs noise
+    np.testing.assert_allclose(
+        env.data.qpos[env.h.object_qpos : env.h.object_qpos + 2], (0.2, 0.05)
+    )
+
+
+def test_bad_input_is_rejected_clearly():
+    with pytest.raises(UnknownNameError, match="allowed"):
+        GraspEnv(task="juggle")
+    with pytest.raises(UnknownNameError, match="allowed"):
+        GraspEnv(split="dev")
+    with pytest.raises(UnknownNameError, match="registered"):
+        make_env("metagrasp/Juggle-v0")
+    with pytest.raises(ConfigError, match="control_hz"):
+        EnvConfig(control_hz=33.0)
+    with pytest.raises(ConfigError, match="reward term"):
+        EnvConfig(reward_weights={"style": 1.0})
+    env = GraspEnv()
+    with pytest.raises(TaskParamError, match="mass"):
+        env.reset(options={"task": {"mass": 50.0}})
+    with pytest.raises(ConfigError, match="reset option"):
+        env.reset(options={"difficulty": 3})
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="NaN"):
+        env.step(np.array([0, np.nan, 0, 0, 0, 0], np.float32))
+    with pytest.raises(ValueError, match="6 values"):
+        env.step(np.zeros(5, np.float32))
+
+
+def test_render_rgb_array():
+    env = GraspEnv(render_mode="rgb_array", width=96, height=72)
+    env.reset(seed=0)
+    frame = env.render()
+    assert frame.shape == (72, 96, 3) and frame.dtype == np.uint8
+    assert frame.std() > 5  # a real image, not a blank buffer
+    env.close()
