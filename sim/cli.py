@@ -135,7 +135,13 @@ def _write_video(path: str, frames: list, fps: int) -> None:
     elif ext == ".gif":
         imageio.mimsave(path, frames, duration=1000 / fps, loop=0)
     else:
-        imageio.mimsave(path, frames, fps=fps, macro_block_size=8)
+        try:
+            imageio.mimsave(path, frames, fps=fps, macro_block_size=8)
+        except (ValueError, ImportError) as exc:
+            raise ConfigError(
+                f"cannot write {path}: MP4 needs the imageio-ffmpeg package "
+                f"(pip install imageio-ffmpeg), or pass a .gif name ({exc})"
+            ) from None
 
 
 def run_sim_bench(args: argparse.Namespace) -> int:
