@@ -13,10 +13,13 @@ if "MUJOCO_GL" not in _os.environ and not _os.environ.get("DISPLAY"):
 
 from metagrasp.sim.registry import FAMILIES, get_family, make_env, register_family  # noqa: E402
 from metagrasp.sim.tasks import TaskParams, apply_task, sample_task, split_tasks  # noqa: E402
+from metagrasp.sim.vector import VectorEnvError, VectorGraspEnv  # noqa: E402
 
 __all__ = [
     "FAMILIES",
     "TaskParams",
+    "VectorEnvError",
+    "VectorGraspEnv",
     "apply_task",
     "get_family",
     "make_env",

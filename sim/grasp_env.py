@@ -126,15 +126,15 @@ class EnvConfig:
             raise ConfigError(f"max_joint_delta={self.max_joint_delta} outside (0, 0.5] rad")
         self.n_substeps = int(round(sub))
         self.max_steps = int(round(self.episode_seconds * self.control_hz))
-        unknown = set(self.reward_weights) - set(_TERMS)
+        unknown = set(self.reward_weights) - set(REWARD_TERMS)
         if unknown:
-            raise ConfigError(f"unknown reward term(s) {sorted(unknown)}; allowed: {_TERMS}")
+            raise ConfigError(f"unknown reward term(s) {sorted(unknown)}; allowed: {REWARD_TERMS}")
 
 
 _GRIP_LO, _GRIP_HI = scene.GRIPPER_CTRL_MIN, ARM.joint_upper[5]
 _NOISY = np.r_[0:13, 23:26]
 _NOISE_SCALE = np.r_[np.ones(6), 5 * np.ones(6), 1.0, 0.5 * np.ones(3)]
-_TERMS = ("reach", "grasp", "lift", "hold", "place", "crush", "drop", "action_rate")
+REWARD_TERMS = ("reach", "grasp", "lift", "hold", "place", "crush", "drop", "action_rate")
 
 
 class GraspEnv(gym.Env):
@@ -240,7 +240,7 @@ class GraspEnv(gym.Env):
         self._steps = 0
         self._crushed = False
         obs = self._observe()
-        return obs, self._info(False, {k: 0.0 for k in _TERMS}, 0.0)
+        return obs, self._info(False, {k: 0.0 for k in REWARD_TERMS}, 0.0)
 
     def set_task(self, task: TaskParams) -> None:
         """Write ``task`` into this env's private model (takes effect now)."""
@@ -337,7 +337,7 @@ class GraspEnv(gym.Env):
         height = float(obj[2] - self._obj_start[2])
         dropped = bool(abs(obj[0] - 0.15) > 0.4 or abs(obj[1]) > 0.4 or obj[2] < -0.05)
         lifted = height >= LIFT_HEIGHT
-        terms = {k: 0.0 for k in _TERMS}
+        terms = {k: 0.0 for k in REWARD_TERMS}
         terms["reach"] = 1.0 - math.tanh(10.0 * dist)
         da = action - self._prev_action
         terms["action_rate"] = float(np.dot(da, da))
