@@ -11,7 +11,13 @@ if "MUJOCO_GL" not in _os.environ and not _os.environ.get("DISPLAY"):
     _os.environ["MUJOCO_GL"] = "osmesa"
     _os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
 
-from metagrasp.sim.registry import FAMILIES, get_family, make_env, register_family  # noqa: E402
+from metagrasp.sim.registry import (  # noqa: E402
+    FAMILIES,
+    get_family,
+    make_env,
+    make_vector_env,
+    register_family,
+)
 from metagrasp.sim.tasks import TaskParams, apply_task, sample_task, split_tasks  # noqa: E402
 from metagrasp.sim.vector import VectorEnvError, VectorGraspEnv  # noqa: E402
 
@@ -23,6 +29,7 @@ __all__ = [
     "apply_task",
     "get_family",
     "make_env",
+    "make_vector_env",
     "register_family",
     "sample_task",
     "split_tasks",

@@ -7,6 +7,7 @@ Every family is registered with Gymnasium when :mod:`metagrasp.sim` is imported,
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,10 @@ class TaskFamily:
     """One line for ``metagrasp envs``."""
     splits: tuple[str, ...] = SPLITS
     """Named task splits the family supports."""
+    vector_entry_point: str = ""
+    """``module:Class`` of the batched training env (the contract of
+    :class:`~metagrasp.sim.vector.VectorGraspEnv`: ``num_envs``, ``split``, ``workers``,
+    ``seed`` keyword arguments; ``set_tasks``; same-step auto-reset)."""
 
 
 FAMILIES: dict[str, TaskFamily] = {}
@@ -74,7 +79,33 @@ def make_env(name: str, split: str = "train", **kwargs: Any) -> gym.Env:
     return gym.make(fam.env_id, split=split, **kwargs)
 
 
+def make_vector_env(
+    name: str,
+    num_envs: int,
+    split: str = "train",
+    seed: int | None = None,
+    workers: int | None = None,
+) -> Any:
+    """Create the batched training env of a registered family (one task per member).
+
+    Raises:
+        UnknownNameError: unknown family or split, or a family without a batched env.
+    """
+    fam = get_family(name)
+    check_split(split)
+    if split not in fam.splits:
+        raise UnknownNameError(
+            f"family {fam.name!r} has no split {split!r}; it has {list(fam.splits)}"
+        )
+    if not fam.vector_entry_point:
+        raise UnknownNameError(f"family {fam.name!r} has no batched env for training")
+    module, cls = fam.vector_entry_point.split(":")
+    factory = getattr(importlib.import_module(module), cls)
+    return factory(num_envs=num_envs, split=split, seed=seed, workers=workers, **fam.kwargs)
+
+
 _GRASP = "metagrasp.sim.grasp_env:GraspEnv"
+_GRASP_VECTOR = "metagrasp.sim.vector:VectorGraspEnv"
 for _name, _id, _desc in (
     ("reach", "metagrasp/Reach-v0", "move the gripper's centre onto the object (2 cm)"),
     (
@@ -84,4 +115,6 @@ for _name, _id, _desc in (
     ),
     ("place", "metagrasp/Place-v0", "carry the object to a target on the table (3 cm)"),
 ):
-    register_family(TaskFamily(_name, _id, _GRASP, {"task": _name}, _desc))
+    register_family(
+        TaskFamily(_name, _id, _GRASP, {"task": _name}, _desc, vector_entry_point=_GRASP_VECTOR)
+    )
