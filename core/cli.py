@@ -35,6 +35,18 @@ def _cmd_rollout(args: argparse.Namespace) -> int:
     return run_rollout(args)
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from metagrasp.policies.cli import run_train
+
+    return run_train(args)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from metagrasp.policies.cli import run_eval
+
+    return run_eval(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the full argument parser (sub-commands and their options)."""
     parser = argparse.ArgumentParser(
@@ -106,6 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--size", type=int, default=320, help="video frame size in pixels")
     p.set_defaults(handler=_cmd_rollout)
+
+    # Registered from the training side's own module (which imports nothing heavy at
+    # module level), so the options live next to their implementation.
+    from metagrasp.policies.cli import add_eval_parser, add_train_parser
+
+    add_train_parser(sub, _cmd_train)
+    add_eval_parser(sub, _cmd_eval)
     return parser
 
 

@@ -28,3 +28,11 @@ class UnknownNameError(MetagraspError, KeyError):
 
 class TaskParamError(MetagraspError, ValueError):
     """Task parameters are outside the physically valid range or malformed."""
+
+
+class CheckpointError(MetagraspError):
+    """A checkpoint is missing, truncated, corrupt, or from another algorithm."""
+
+
+class TrainingError(MetagraspError, FloatingPointError):
+    """Training diverged (NaN/inf loss or metric); the last good checkpoint is kept."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 
@@ -31,20 +32,30 @@ SPLIT_NOTES = {
 }
 
 
+def _family_layout(entry_point: str) -> tuple[int, int, dict[str, str]]:
+    """Observation size, action size and split notes of a family's env module.
+
+    Read from the module's ``OBS_NAMES``/``ACTION_NAMES`` (and ``SPLIT_NOTES`` if it has
+    its own), so listing families builds no env.
+    """
+    module = importlib.import_module(entry_point.split(":")[0])
+    notes = getattr(module, "SPLIT_NOTES", SPLIT_NOTES)
+    return len(module.OBS_NAMES), len(module.ACTION_NAMES), notes
+
+
 def run_envs(args: argparse.Namespace) -> int:
     """``metagrasp envs``: list task families, ids, spaces and splits."""
-    from metagrasp.sim.grasp_env import ACTION_NAMES, OBS_NAMES
-
     rows = []
     for fam in FAMILIES.values():
+        obs_dim, act_dim, notes = _family_layout(fam.entry_point)
         rows.append(
             {
                 "name": fam.name,
                 "env_id": fam.env_id,
                 "description": fam.description,
-                "obs_dim": len(OBS_NAMES),
-                "action_dim": len(ACTION_NAMES),
-                "splits": {s: SPLIT_NOTES.get(s, "") for s in fam.splits},
+                "obs_dim": obs_dim,
+                "action_dim": act_dim,
+                "splits": {s: notes.get(s, "") for s in fam.splits},
             }
         )
     if args.show_tasks:
@@ -57,13 +68,18 @@ def run_envs(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2))
         return 0
     for r in rows:
-        print(f"{r['name']:<12} {r['env_id']:<26} obs {r['obs_dim']}  act {r['action_dim']}")
-        print(f"{'':<12} {r['description']}")
-    print("\nsplits (shared by the grasp families):")
-    for s, note in SPLIT_NOTES.items():
-        print(f"  {s:<6} {note}")
+        print(f"{r['name']:<17} {r['env_id']:<28} obs {r['obs_dim']:<3} act {r['action_dim']}")
+        print(f"{'':<17} {r['description']}")
+    # Families sharing split definitions (the grasp ones) are listed together.
+    groups: dict[tuple[tuple[str, str], ...], list[str]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r["splits"].items()), []).append(r["name"])
+    for splits, names in groups.items():
+        print(f"\nsplits of {', '.join(names)}:")
+        for s, note in splits:
+            print(f"  {s:<6} {note}")
     if args.show_tasks:
-        print(f"\n{args.show_tasks} tasks:")
+        print(f"\n{args.show_tasks} tasks of the grasp families:")
         print(
             f"  {'id':<9} {'shape':<10} {'mass kg':>8} {'friction':>8} {'crush N':>8} "
             f"{'gain':>5} {'lat':>3}"

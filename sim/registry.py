@@ -37,6 +37,8 @@ class TaskFamily:
     """``module:Class`` of the batched training env (the contract of
     :class:`~metagrasp.sim.vector.VectorGraspEnv`: ``num_envs``, ``split``, ``workers``,
     ``seed`` keyword arguments; ``set_tasks``; same-step auto-reset)."""
+    tasks_module: str = "metagrasp.sim.tasks"
+    """Module with the family's ``sample_task(rng, split)`` and ``split_tasks(split)``."""
 
 
 FAMILIES: dict[str, TaskFamily] = {}
@@ -104,6 +106,18 @@ def make_vector_env(
     return factory(num_envs=num_envs, split=split, seed=seed, workers=workers, **fam.kwargs)
 
 
+def family_sample_task(name: str, rng: Any, split: str = "train") -> Any:
+    """Draw one task of a family's split (what meta-training feeds each env member)."""
+    fam = get_family(name)
+    return importlib.import_module(fam.tasks_module).sample_task(rng, split)
+
+
+def family_split_tasks(name: str, split: str) -> tuple[Any, ...]:
+    """The fixed held-out tasks of a family's split (``test``, ``hard``)."""
+    fam = get_family(name)
+    return tuple(importlib.import_module(fam.tasks_module).split_tasks(split))
+
+
 _GRASP = "metagrasp.sim.grasp_env:GraspEnv"
 _GRASP_VECTOR = "metagrasp.sim.vector:VectorGraspEnv"
 for _name, _id, _desc in (
@@ -117,4 +131,33 @@ for _name, _id, _desc in (
 ):
     register_family(
         TaskFamily(_name, _id, _GRASP, {"task": _name}, _desc, vector_entry_point=_GRASP_VECTOR)
+    )
+
+# 2D point-robot navigation (PEARL's point robot): the cheap check of meta-RL algorithms.
+_POINT = "metagrasp.sim.point_nav:PointNavEnv"
+_POINT_VECTOR = "metagrasp.sim.point_nav:VectorPointNavEnv"
+for _name, _id, _reward, _desc in (
+    (
+        "point-nav",
+        "metagrasp/PointNav-v0",
+        "dense",
+        "2D point robot to a hidden goal on the unit half circle; reward -distance, 20 steps",
+    ),
+    (
+        "point-nav-sparse",
+        "metagrasp/PointNavSparse-v0",
+        "sparse",
+        "2D point robot, PEARL's sparse reward: 1 - distance within 0.2 of the goal, else 0",
+    ),
+):
+    register_family(
+        TaskFamily(
+            _name,
+            _id,
+            _POINT,
+            {"reward": _reward},
+            _desc,
+            vector_entry_point=_POINT_VECTOR,
+            tasks_module="metagrasp.sim.point_nav",
+        )
     )

@@ -325,6 +325,10 @@ class VectorGraspEnv(gym.vector.VectorEnv):
     """
 
     metadata: dict[str, Any] = {"autoreset_mode": _SAME_STEP, "render_modes": []}
+    obs_names: tuple[str, ...] = OBS_NAMES
+    """Observation channel names."""
+    action_names: tuple[str, ...] = ACTION_NAMES
+    """Action channel names (servo order)."""
 
     def __init__(
         self,

@@ -1,0 +1,305 @@
+"""CAVIA: gradient-based meta-RL that adapts only a context vector, with a PPO outer loop.
+
+Zintgraf et al., "Fast Context Adaptation via Meta-Learning" (ICML 2019): the policy
+takes a context vector ``phi`` as an extra input; for a new task, ``phi`` starts at zero
+and takes a few policy-gradient steps on that task's episodes, while the network weights
+``theta`` stay fixed. Meta-training learns ``theta`` (and per-dimension inner step sizes,
+as in Meta-SGD) so that those few steps on ``phi`` give a good policy for the task. The
+outer loop is PPO's clipped surrogate on post-adaptation episodes, differentiated
+through the inner update (second order, as ProMP does with its own surrogate).
+
+The inner update is the plain function
+:func:`metagrasp.policies.functional.inner_update` of (parameters, batch of
+transitions), so the exporter can turn it into an ONNX graph for on-device adaptation.
+
+Seams, per iteration: :meth:`CAVIA.collect` (one pre-adaptation episode per member
+with ``phi = 0``, on tasks sampled once for both episodes) -> :meth:`CAVIA.adapt`
+(inner step on those episodes) -> collect post-adaptation episodes ->
+:meth:`CAVIA.update` (PPO epochs over members, re-running the differentiable inner
+step in every minibatch).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from metagrasp.errors import ConfigError
+from metagrasp.policies import functional as fn
+from metagrasp.policies.base import EnvSpec
+from metagrasp.policies.collect import Episodes, collect_episodes, episode_metrics
+from metagrasp.policies.networks import ActorCritic, gae
+
+
+@dataclass
+class CAVIAConfig:
+    """CAVIA hyper-parameters."""
+
+    hidden: tuple[int, ...] = (128, 128)
+    """Hidden layer widths of actor and critic."""
+    ctx_dim: int = 8
+    """Size of the adapted context vector."""
+    inner_lr: float = 1.0
+    """Initial inner-loop step size on the context (per dimension, learned if enabled)."""
+    learn_inner_lr: bool = True
+    """Meta-learn the per-dimension inner step sizes (Meta-SGD style)."""
+    inner_steps: int = 1
+    """Gradient steps of the inner loop (training and meta-test alike)."""
+    lr: float = 3e-4
+    """Adam learning rate of the outer loop."""
+    gamma: float = 0.99
+    """Discount factor."""
+    gae_lambda: float = 0.95
+    """GAE lambda (outer and inner advantages)."""
+    clip: float = 0.2
+    """PPO clipping range of the outer surrogate."""
+    epochs: int = 5
+    """Outer optimisation epochs per iteration."""
+    minibatches: int = 4
+    """Minibatches (of members) per epoch."""
+    pre_loss_coef: float = 0.5
+    """Weight of a PPO loss on the pre-adaptation episodes: keeps the unadapted policy
+    (k = 0, and the source of adaptation data) good, not only its adapted version."""
+    vf_coef: float = 0.5
+    """Value loss weight."""
+    max_grad_norm: float = 0.5
+    """Gradient clipping norm."""
+    log_std_init: float = -0.5
+    """Initial log std of the Gaussian policy."""
+
+    def __post_init__(self) -> None:
+        if self.ctx_dim < 1:
+            raise ConfigError(f"algo.ctx_dim={self.ctx_dim} must be >= 1")
+        if self.inner_steps < 1:
+            raise ConfigError(f"algo.inner_steps={self.inner_steps} must be >= 1")
+        for name in ("lr", "inner_lr", "clip", "max_grad_norm"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"algo.{name}={getattr(self, name)} must be > 0")
+        for name in ("epochs", "minibatches"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"algo.{name}={getattr(self, name)} must be >= 1")
+
+
+class CAVIA:
+    """CAVIA with a PPO outer loop; see the module docstring."""
+
+    name: ClassVar[str] = "cavia"
+    Config: ClassVar[type] = CAVIAConfig
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "grasp:quick": {"run": {"total_env_steps": 120_000, "num_envs": 32}, "algo": {}},
+        "grasp:default": {"run": {"total_env_steps": 4_000_000, "num_envs": 32}, "algo": {}},
+        "point:quick": {
+            "run": {"total_env_steps": 100_000, "num_envs": 40},
+            "algo": {"hidden": [64, 64], "lr": 1e-3},
+        },
+        "point:default": {
+            "run": {"total_env_steps": 400_000, "num_envs": 40},
+            "algo": {"hidden": [64, 64], "lr": 1e-3},
+        },
+    }
+
+    def __init__(self, config: CAVIAConfig, spec: EnvSpec, seed: int = 0) -> None:
+        self.config, self.spec = config, spec
+        c = config
+        self.net = ActorCritic(
+            spec.obs_dim, spec.act_dim, c.hidden, c.ctx_dim, c.log_std_init, seed
+        )
+        self.inner_lr = nn.Parameter(torch.full((c.ctx_dim,), float(c.inner_lr)))
+        params = list(self.net.parameters())
+        if c.learn_inner_lr:
+            params.append(self.inner_lr)
+        self.opt = torch.optim.Adam(params, lr=c.lr, eps=1e-5)
+        self.gen = torch.Generator().manual_seed(seed + 7)
+        self.task_rng = np.random.default_rng(seed + 11)
+        self.iteration = 0
+
+    # --- the inner loop ----------------------------------------------------------------
+
+    def _ctx0(self, n: int) -> torch.Tensor:
+        return torch.zeros(n, self.config.ctx_dim)
+
+    def inner_batch(self, episodes: list[Episodes]) -> dict[str, torch.Tensor]:
+        """Transitions of each member's episodes with advantages, ready for the inner loss.
+
+        Advantages are GAE under the critic at the unadapted context, normalised per
+        member over its valid steps (so the step size does not depend on reward scale).
+        """
+        cfg, net = self.config, self.net
+        parts: dict[str, list[torch.Tensor]] = {"obs": [], "actions": [], "adv": [], "mask": []}
+        for ep in episodes:
+            n = ep.obs.shape[0]
+            ctx0 = self._ctx0(n)
+            x = net.norm(torch.as_tensor(ep.obs))
+            with torch.no_grad():
+                v = net.value(x, ctx0)
+                nv = net.value(net.norm(torch.as_tensor(ep.next_obs)), ctx0)
+            mask = torch.as_tensor(ep.mask)
+            adv, _ = gae(
+                torch.as_tensor(ep.rewards), v, nv, torch.as_tensor(ep.dones), mask,
+                cfg.gamma, cfg.gae_lambda,
+            )  # fmt: skip
+            parts["obs"].append(x)
+            parts["actions"].append(torch.as_tensor(ep.actions))
+            parts["adv"].append(adv)
+            parts["mask"].append(mask)
+        batch = {k: torch.cat(v, dim=1) for k, v in parts.items()}
+        m = batch["mask"]
+        count = m.sum(1, keepdim=True).clamp(min=1.0)
+        mean = (batch["adv"] * m).sum(1, keepdim=True) / count
+        var = (((batch["adv"] - mean) * m) ** 2).sum(1, keepdim=True) / count
+        batch["advantages"] = (batch.pop("adv") - mean) / torch.sqrt(var + 1e-8) * m
+        return batch
+
+    def adapted_context(self, batch: dict[str, torch.Tensor], create_graph: bool) -> torch.Tensor:
+        """The inner loop: ``inner_steps`` gradient steps on the context from zero."""
+        n = batch["obs"].shape[0]
+        with torch.enable_grad():
+            ctx, _ = fn.inner_update(
+                self.net.params,
+                batch,
+                context=self._ctx0(n).requires_grad_(True),
+                lr=self.inner_lr.clamp(min=1e-3),
+                steps=self.config.inner_steps,
+                create_graph=create_graph,
+            )
+        return ctx
+
+    # --- meta-test side ------------------------------------------------------------------
+
+    def init_state(self, n: int) -> torch.Tensor:
+        return self._ctx0(n)
+
+    def act(
+        self, obs: np.ndarray, task: np.ndarray, state: torch.Tensor, deterministic: bool = False
+    ) -> tuple[np.ndarray, torch.Tensor]:
+        a, _, _ = self.net.sample(obs, state, deterministic, self.gen)
+        return a, state
+
+    def observe(self, state: torch.Tensor, step: dict[str, np.ndarray]) -> torch.Tensor:
+        return state
+
+    def adapt(self, state: torch.Tensor, episodes: list[Episodes]) -> torch.Tensor:
+        """Context after the inner loop on every episode so far (from zero, not chained)."""
+        return self.adapted_context(self.inner_batch(episodes), create_graph=False).detach()
+
+    # --- training: collect -> adapt -> update -----------------------------------------
+
+    def collect(self, env: Any, context: torch.Tensor) -> Episodes:
+        """One episode per member with the given per-member context."""
+
+        def policy(obs: np.ndarray, task: np.ndarray) -> tuple[np.ndarray, dict]:
+            a, logp, v = self.net.sample(obs, context, False, self.gen)
+            return a, {"logp": logp, "value": v}
+
+        return collect_episodes(env, policy, self.spec.max_steps)
+
+    def _ppo_terms(
+        self, ep: Episodes, members: torch.Tensor, ctx: torch.Tensor, adv: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clipped surrogate and value loss of some members' episodes under ``ctx``."""
+        net, clip = self.net, self.config.clip
+        idx = members.numpy()
+        x = net.norm(torch.as_tensor(ep.obs[idx]))
+        mask = torch.as_tensor(ep.mask[idx])
+        logp = net.log_prob(x, torch.as_tensor(ep.actions[idx]), ctx)
+        ratio = torch.exp(logp - torch.as_tensor(ep.extras["logp"][idx]))
+        a = adv[members]
+        surr = torch.min(ratio * a, torch.clamp(ratio, 1 - clip, 1 + clip) * a)
+        pg = -(surr * mask).sum() / mask.sum().clamp(min=1)
+        ret = self._returns[id(ep)][members]
+        v = net.value(x, ctx.detach())
+        v_loss = 0.5 * (((v - ret) ** 2) * mask).sum() / mask.sum().clamp(min=1)
+        return pg, v_loss
+
+    def _advantages(self, ep: Episodes, ctx: torch.Tensor) -> torch.Tensor:
+        """Outer advantages (normalised over the batch) and value targets of an episode."""
+        cfg, net = self.config, self.net
+        with torch.no_grad():
+            v = net.value(net.norm(torch.as_tensor(ep.obs)), ctx)
+            nv = net.value(net.norm(torch.as_tensor(ep.next_obs)), ctx)
+        mask = torch.as_tensor(ep.mask)
+        adv, ret = gae(
+            torch.as_tensor(ep.rewards), v, nv, torch.as_tensor(ep.dones), mask,
+            cfg.gamma, cfg.gae_lambda,
+        )  # fmt: skip
+        self._returns[id(ep)] = ret
+        valid = adv[mask.bool()]
+        return (adv - valid.mean()) / (valid.std() + 1e-8) * mask
+
+    def update(self, pre: Episodes, post: Episodes) -> dict[str, float]:
+        """PPO epochs over members; the post-adaptation loss flows through the inner step."""
+        cfg, net = self.config, self.net
+        n = pre.obs.shape[0]
+        net.norm.update(torch.as_tensor(pre.obs[pre.mask > 0]))
+        net.norm.update(torch.as_tensor(post.obs[post.mask > 0]))
+        self._returns: dict[int, torch.Tensor] = {}
+        ctx0 = self._ctx0(n)
+        with torch.no_grad():
+            ctx1 = self.adapted_context(self.inner_batch([pre]), create_graph=False)
+        adv_pre = self._advantages(pre, ctx0)
+        adv_post = self._advantages(post, ctx1)
+        stats: dict[str, list[float]] = {"pg_post": [], "pg_pre": [], "v_loss": []}
+        mb = max(1, n // cfg.minibatches)
+        for _ in range(cfg.epochs):
+            perm = torch.randperm(n, generator=self.gen)
+            for i in range(0, n - mb + 1, mb):
+                members = perm[i : i + mb]
+                inner = {k: v[members] for k, v in self.inner_batch([pre]).items()}
+                ctx = self.adapted_context(inner, create_graph=True)
+                pg_post, v_post = self._ppo_terms(post, members, ctx, adv_post)
+                pg_pre, v_pre = self._ppo_terms(pre, members, ctx0[members], adv_pre)
+                loss = pg_post + cfg.pre_loss_coef * pg_pre + cfg.vf_coef * (v_post + v_pre)
+                self.opt.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(
+                    [*net.parameters(), self.inner_lr], cfg.max_grad_norm
+                )
+                self.opt.step()
+                stats["pg_post"].append(pg_post.item())
+                stats["pg_pre"].append(pg_pre.item())
+                stats["v_loss"].append((v_post + v_pre).item())
+        self._returns = {}
+        return {k: float(np.mean(v)) for k, v in stats.items()}
+
+    def train_iteration(self, env: Any) -> dict[str, float]:
+        from metagrasp.sim.registry import family_sample_task
+
+        n = env.num_envs
+        env.set_tasks([family_sample_task(self.spec.family, self.task_rng) for _ in range(n)])
+        pre = self.collect(env, self._ctx0(n))
+        ctx1 = self.adapt(self._ctx0(n), [pre])
+        post = self.collect(env, ctx1)
+        metrics = self.update(pre, post)
+        self.iteration += 1
+        before, after = episode_metrics([pre]), episode_metrics([post])
+        metrics.update({f"{k}_pre": v for k, v in before.items() if k != "env_steps"})
+        metrics.update({k: v for k, v in after.items() if k != "env_steps"})
+        metrics["env_steps"] = before["env_steps"] + after["env_steps"]
+        metrics["inner_lr"] = float(self.inner_lr.detach().mean())
+        metrics["ctx_norm"] = float(ctx1.norm(dim=1).mean())
+        return metrics
+
+    # --- checkpoints -----------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "net": self.net.state_dict(),
+            "inner_lr": self.inner_lr.detach().clone(),
+            "opt": self.opt.state_dict(),
+            "gen": self.gen.get_state(),
+            "task_rng": self.task_rng.bit_generator.state,
+            "iteration": self.iteration,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.net.load_state_dict(state["net"])
+        with torch.no_grad():
+            self.inner_lr.copy_(state["inner_lr"])
+        self.opt.load_state_dict(state["opt"])
+        self.gen.set_state(state["gen"])
+        self.task_rng.bit_generator.state = state["task_rng"]
+        self.iteration = int(state["iteration"])

@@ -1,0 +1,236 @@
+"""PPO with domain randomisation (the DR baseline) and its oracle variant.
+
+PPO-DR trains one policy on episodes whose tasks are drawn afresh from the train
+distribution at every reset, and never adapts: at meta-test its state is empty and
+``adapt`` does nothing. The oracle is the same algorithm with the privileged task vector
+concatenated to the observation, an upper reference line for what adaptation can reach.
+
+Seams: :meth:`PPO.collect` (episode blocks on random tasks) -> no adaptation ->
+:meth:`PPO.update` (clipped surrogate, value loss, entropy; minibatch epochs), as in
+CleanRL's ``ppo_continuous_action.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from metagrasp.errors import ConfigError
+from metagrasp.policies.base import EnvSpec
+from metagrasp.policies.collect import Episodes, collect_episodes, episode_metrics, tile_task
+from metagrasp.policies.networks import ActorCritic, gae
+
+
+@dataclass
+class PPOConfig:
+    """PPO hyper-parameters."""
+
+    hidden: tuple[int, ...] = (128, 128)
+    """Hidden layer widths of actor and critic."""
+    lr: float = 3e-4
+    """Adam learning rate."""
+    gamma: float = 0.99
+    """Discount factor."""
+    gae_lambda: float = 0.95
+    """GAE lambda."""
+    clip: float = 0.2
+    """Surrogate clipping range."""
+    epochs: int = 5
+    """Optimisation epochs per iteration."""
+    minibatches: int = 4
+    """Minibatches per epoch."""
+    ent_coef: float = 0.0
+    """Entropy bonus weight."""
+    vf_coef: float = 0.5
+    """Value loss weight."""
+    max_grad_norm: float = 0.5
+    """Gradient clipping norm."""
+    log_std_init: float = -0.5
+    """Initial log std of the Gaussian policy."""
+    blocks_per_iter: int = 1
+    """Episode blocks (one episode per env member) collected per iteration."""
+    target_kl: float = 0.05
+    """Stop the epochs early when the approximate KL exceeds this (0 = never)."""
+
+    def __post_init__(self) -> None:
+        if not self.hidden or min(self.hidden) < 1:
+            raise ConfigError(f"algo.hidden={self.hidden} needs positive widths")
+        for name in ("lr", "clip", "max_grad_norm"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"algo.{name}={getattr(self, name)} must be > 0")
+        for name in ("gamma", "gae_lambda"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"algo.{name}={getattr(self, name)} must be in [0, 1]")
+        for name in ("epochs", "minibatches", "blocks_per_iter"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"algo.{name}={getattr(self, name)} must be >= 1")
+
+
+def _presets(budget_quick: int, budget_default: int, envs: int) -> dict[str, dict[str, Any]]:
+    return {
+        "grasp:quick": {"run": {"total_env_steps": budget_quick, "num_envs": envs}, "algo": {}},
+        "grasp:default": {
+            "run": {"total_env_steps": budget_default, "num_envs": envs},
+            "algo": {},
+        },
+        "point:quick": {
+            "run": {"total_env_steps": 100_000, "num_envs": 40},
+            "algo": {"hidden": [64, 64], "gamma": 0.99, "lr": 1e-3},
+        },
+        "point:default": {
+            "run": {"total_env_steps": 400_000, "num_envs": 40},
+            "algo": {"hidden": [64, 64], "gamma": 0.99, "lr": 1e-3},
+        },
+    }
+
+
+class PPO:
+    """PPO on randomised tasks, no adaptation (the domain-randomisation baseline)."""
+
+    name: ClassVar[str] = "ppo"
+    Config: ClassVar[type] = PPOConfig
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = _presets(120_000, 4_000_000, 32)
+    privileged: ClassVar[bool] = False
+    """Whether the policy sees the privileged task vector (oracle)."""
+
+    def __init__(self, config: PPOConfig, spec: EnvSpec, seed: int = 0) -> None:
+        self.config, self.spec = config, spec
+        in_dim = spec.obs_dim + (spec.task_dim if self.privileged else 0)
+        self.net = ActorCritic(in_dim, spec.act_dim, config.hidden, 0, config.log_std_init, seed)
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=config.lr, eps=1e-5)
+        self.gen = torch.Generator().manual_seed(seed + 7)
+        self.iteration = 0
+
+    # --- acting ----------------------------------------------------------------------
+
+    def _inputs(self, obs: np.ndarray, task: np.ndarray) -> np.ndarray:
+        return np.concatenate([obs, task], -1) if self.privileged else obs
+
+    def init_state(self, n: int) -> None:
+        return None
+
+    def act(
+        self, obs: np.ndarray, task: np.ndarray, state: Any, deterministic: bool = False
+    ) -> tuple[np.ndarray, Any]:
+        a, _, _ = self.net.sample(self._inputs(obs, task), None, deterministic, self.gen)
+        return a, state
+
+    def observe(self, state: Any, step: dict[str, np.ndarray]) -> Any:
+        return state
+
+    def adapt(self, state: Any, episodes: list[Episodes]) -> Any:
+        return state  # the DR baseline and the oracle do not adapt
+
+    # --- training: collect -> (no adapt) -> update ------------------------------------
+
+    def collect(self, env: Any) -> list[Episodes]:
+        """Episode blocks on tasks drawn from the train split at every reset."""
+
+        def policy(obs: np.ndarray, task: np.ndarray) -> tuple[np.ndarray, dict]:
+            a, logp, v = self.net.sample(self._inputs(obs, task), None, False, self.gen)
+            return a, {"logp": logp, "value": v}
+
+        return [
+            collect_episodes(env, policy, self.spec.max_steps)
+            for _ in range(self.config.blocks_per_iter)
+        ]
+
+    def update(self, blocks: list[Episodes]) -> dict[str, float]:
+        """PPO epochs over the collected episodes."""
+        cfg, net = self.config, self.net
+        flat: dict[str, list[torch.Tensor]] = {k: [] for k in ("x", "a", "logp", "adv", "ret")}
+        for ep in blocks:
+            x = torch.as_tensor(self._inputs(ep.obs, tile_task(ep.task, ep.obs)))
+            nx = torch.as_tensor(self._inputs(ep.next_obs, tile_task(ep.task, ep.obs)))
+            net.norm.update(x[torch.as_tensor(ep.mask, dtype=torch.bool)])
+            with torch.no_grad():
+                values = net.value(net.norm(x))
+                next_values = net.value(net.norm(nx))
+            mask = torch.as_tensor(ep.mask)
+            adv, ret = gae(
+                torch.as_tensor(ep.rewards),
+                values,
+                next_values,
+                torch.as_tensor(ep.dones),
+                mask,
+                cfg.gamma,
+                cfg.gae_lambda,
+            )
+            valid = mask.bool()
+            flat["x"].append(x[valid])
+            flat["a"].append(torch.as_tensor(ep.actions)[valid])
+            flat["logp"].append(torch.as_tensor(ep.extras["logp"])[valid])
+            flat["adv"].append(adv[valid])
+            flat["ret"].append(ret[valid])
+        data = {k: torch.cat(v) for k, v in flat.items()}
+        # Normalise inputs once with the updated statistics (fixed during the epochs).
+        data["x"] = net.norm(data["x"]).float()
+        n = data["x"].shape[0]
+        mb = max(1, n // cfg.minibatches)
+        stats: dict[str, list[float]] = {"pg_loss": [], "v_loss": [], "entropy": [], "kl": []}
+        for _ in range(cfg.epochs):
+            perm = torch.randperm(n, generator=self.gen)
+            kl_epoch = []
+            for i in range(0, n - mb + 1, mb):
+                idx = perm[i : i + mb]
+                x, a, old_logp = data["x"][idx], data["a"][idx], data["logp"][idx]
+                adv = data["adv"][idx]
+                adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+                logp = net.log_prob(x, a)
+                ratio = torch.exp(logp - old_logp)
+                pg = -torch.min(
+                    ratio * adv, torch.clamp(ratio, 1 - cfg.clip, 1 + cfg.clip) * adv
+                ).mean()
+                v_loss = 0.5 * ((net.value(x) - data["ret"][idx]) ** 2).mean()
+                entropy = net.actor["log_std"].sum() + 0.5 * self.spec.act_dim * (
+                    1.0 + np.log(2 * np.pi)
+                )
+                loss = pg + cfg.vf_coef * v_loss - cfg.ent_coef * entropy
+                self.opt.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.max_grad_norm)
+                self.opt.step()
+                with torch.no_grad():
+                    kl = ((ratio - 1) - torch.log(ratio)).mean().item()
+                kl_epoch.append(kl)
+                stats["pg_loss"].append(pg.item())
+                stats["v_loss"].append(v_loss.item())
+                stats["entropy"].append(entropy.item())
+                stats["kl"].append(kl)
+            if cfg.target_kl > 0 and np.mean(kl_epoch) > cfg.target_kl:
+                break
+        return {k: float(np.mean(v)) for k, v in stats.items()}
+
+    def train_iteration(self, env: Any) -> dict[str, float]:
+        blocks = self.collect(env)
+        metrics = self.update(blocks)
+        self.iteration += 1
+        metrics.update(episode_metrics(blocks))
+        metrics["action_std"] = float(torch.exp(self.net.actor["log_std"].detach()).mean())
+        return metrics
+
+    # --- checkpoints -----------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "net": self.net.state_dict(),
+            "opt": self.opt.state_dict(),
+            "gen": self.gen.get_state(),
+            "iteration": self.iteration,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.net.load_state_dict(state["net"])
+        self.opt.load_state_dict(state["opt"])
+        self.gen.set_state(state["gen"])
+        self.iteration = int(state["iteration"])
+
+
+class PPOOracle(PPO):
+    """PPO whose policy and critic also see the privileged task vector (reference line)."""
+
+    name: ClassVar[str] = "ppo-oracle"
+    privileged: ClassVar[bool] = True

@@ -1,0 +1,291 @@
+"""The one training runner: config resolution, env, logging, checkpoints, resume.
+
+It serves every registered algorithm through the contract of
+:mod:`metagrasp.policies.base` and never asks which algorithm it runs. A run directory
+holds::
+
+    config.json            the resolved config (run + algo + env spec + hash)
+    metrics.csv            every logged metric, one row per logged iteration
+    tb/                    TensorBoard event files of the same metrics
+    checkpoints/last.pt    the latest checkpoint (atomic write; resumable)
+
+Ctrl-C writes a checkpoint before exiting, so ``--resume`` continues the run.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from metagrasp.errors import CheckpointError, ConfigError, TrainingError
+from metagrasp.policies import config as cfgs
+from metagrasp.policies.base import EnvSpec, algorithm_class, preset_layers
+
+CHECKPOINT_FORMAT = 1
+
+
+def resolve_config(
+    algo: str,
+    task: str,
+    preset: str = "default",
+    config_file: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Resolve preset < config file < command-line overrides into typed configs.
+
+    Returns:
+        ``{"run": dict, "algo": dict}`` after validation by the dataclasses.
+
+    Raises:
+        UnknownNameError: unknown algorithm, task family or preset.
+        ConfigError: unknown or mistyped fields, out-of-range values.
+    """
+    from metagrasp.sim import get_family
+
+    algo_cls = algorithm_class(algo)
+    family = get_family(task).name
+    layers = [preset_layers(algo_cls, family, preset)]
+    if config_file:
+        layers.append(cfgs.load_config_file(config_file))
+    base = {"run": {"algo": algo, "task": family, "preset": preset}}
+    merged = cfgs.merge(layers[0], *layers[1:], overrides or {}, base)
+    run = cfgs.from_dict(cfgs.RunConfig, merged["run"], "run")
+    algo_cfg = cfgs.from_dict(algo_cls.Config, merged["algo"], "algo")
+    return {"run": cfgs.to_dict(run), "algo": cfgs.to_dict(algo_cfg)}
+
+
+def env_spec(env: Any, family: str) -> EnvSpec:
+    """What the algorithm may know of a batched env (sizes, horizon, channel names)."""
+    _, info = env.reset()
+    return EnvSpec(
+        family=family,
+        obs_dim=int(env.single_observation_space.shape[0]),
+        act_dim=int(env.single_action_space.shape[0]),
+        task_dim=int(np.asarray(info["task"]).shape[1]),
+        max_steps=int(env.config.max_steps),
+        obs_names=tuple(getattr(env, "obs_names", ())),
+        action_names=tuple(getattr(env, "action_names", ())),
+    )
+
+
+def build_algorithm(resolved: dict[str, Any], spec: EnvSpec) -> Any:
+    """Instantiate the algorithm of a resolved config."""
+    cls = algorithm_class(resolved["run"]["algo"])
+    cfg = cfgs.from_dict(cls.Config, resolved["algo"], "algo")
+    torch.manual_seed(resolved["run"]["seed"])
+    return cls(cfg, spec, seed=resolved["run"]["seed"])
+
+
+def save_checkpoint(path: Path, algo: Any, resolved: dict[str, Any], progress: dict) -> None:
+    """Write a checkpoint atomically (a crash mid-write never corrupts the last one)."""
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "algo": resolved["run"]["algo"],
+        "config": resolved,
+        "config_hash": cfgs.config_hash(resolved),
+        "progress": progress,
+        "state": algo.state_dict(),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path, expected_algo: str | None = None) -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True`` and check what it is.
+
+    Raises:
+        CheckpointError: missing, truncated/corrupt, wrong format, or another algorithm.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint {p} does not exist; train first or pass --checkpoint")
+    try:
+        data = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError...
+        raise CheckpointError(
+            f"checkpoint {p} is truncated or corrupt ({type(exc).__name__}: {exc}); "
+            "resume from an earlier copy or retrain"
+        ) from exc
+    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"checkpoint {p} is not a metagrasp checkpoint of format {CHECKPOINT_FORMAT}"
+        )
+    if expected_algo is not None and data["algo"] != expected_algo:
+        raise CheckpointError(
+            f"checkpoint {p} was trained by {data['algo']!r}, not {expected_algo!r}; "
+            f"use a run of {expected_algo!r} or pass --algo {data['algo']}"
+        )
+    return data
+
+
+def load_trained(
+    run_dir: str | Path, checkpoint: str | Path | None = None
+) -> tuple[Any, dict[str, Any], EnvSpec]:
+    """The trained algorithm of a run directory (its last checkpoint unless given).
+
+    Returns:
+        (algorithm, resolved config, env spec).
+
+    Raises:
+        CheckpointError: not a run directory, or a bad checkpoint.
+    """
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.json"
+    if not cfg_path.is_file():
+        raise CheckpointError(f"{run_dir} is not a training run (no config.json); train first")
+    try:
+        meta = json.loads(cfg_path.read_text())
+        resolved = {"run": meta["run"], "algo": meta["algo"]}
+        fields = meta["env_spec"].items()
+        spec = EnvSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields})
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise CheckpointError(
+            f"{cfg_path} is malformed ({exc}); it was not written by metagrasp train"
+        ) from exc
+    ckpt_path = checkpoint or run_dir / "checkpoints" / "last.pt"
+    ckpt = load_checkpoint(ckpt_path, resolved["run"]["algo"])
+    algo = build_algorithm(resolved, spec)
+    algo.load_state_dict(ckpt["state"])
+    return algo, resolved, spec
+
+
+class Runner:
+    """Trains one algorithm on one task family into a run directory.
+
+    Args:
+        resolved: config from :func:`resolve_config`.
+        out: run directory (created; must be empty of another run unless resuming).
+        resume: continue from ``out/checkpoints/last.pt`` with the saved config.
+        progress_bar: show a tqdm bar on stderr.
+    """
+
+    def __init__(
+        self,
+        resolved: dict[str, Any],
+        out: str | Path,
+        resume: bool = False,
+        progress_bar: bool = True,
+    ) -> None:
+        self.out = Path(out)
+        self.ckpt_path = self.out / "checkpoints" / "last.pt"
+        self.progress_bar = progress_bar
+        self.progress = {"iteration": 0, "env_steps": 0, "wall_s": 0.0}
+        saved = self.out / "config.json"
+        if resume:
+            if not saved.is_file():
+                raise CheckpointError(f"cannot resume: {saved} not found (is {self.out} a run?)")
+            resolved = json.loads(saved.read_text())
+            resolved = {"run": resolved["run"], "algo": resolved["algo"]}
+            ckpt = load_checkpoint(self.ckpt_path, resolved["run"]["algo"])
+        elif saved.exists():
+            raise ConfigError(
+                f"{self.out} already holds a run; pass --resume to continue it or choose "
+                "another --out"
+            )
+        self.resolved = resolved
+        run = resolved["run"]
+        self.run = run
+        torch.set_num_threads(run["torch_threads"])
+        from metagrasp.sim import make_vector_env
+
+        self.env = make_vector_env(
+            run["task"], run["num_envs"], split="train", seed=run["seed"], workers=run["workers"]
+        )
+        try:
+            self.spec = env_spec(self.env, run["task"])
+            self.algo = build_algorithm(resolved, self.spec)
+            if resume:
+                self.algo.load_state_dict(ckpt["state"])
+                self.progress = dict(ckpt["progress"])
+        except BaseException:
+            self.env.close()
+            raise
+        self.out.mkdir(parents=True, exist_ok=True)
+        meta = {
+            **resolved,
+            "env_spec": {k: v for k, v in self.spec.__dict__.items()},
+            "config_hash": cfgs.config_hash(resolved),
+        }
+        saved.write_text(json.dumps(meta, indent=2) + "\n")
+
+    def train(self) -> dict[str, Any]:
+        """Train to the budget; returns the final progress (iteration, env steps, time)."""
+        from torch.utils.tensorboard import SummaryWriter
+        from tqdm import tqdm
+
+        run = self.run
+        csv_path = self.out / "metrics.csv"
+        writer = SummaryWriter(str(self.out / "tb"), purge_step=self.progress["iteration"] + 1)
+        csv_file = None
+        bar = tqdm(
+            total=run["total_env_steps"],
+            initial=self.progress["env_steps"],
+            unit="step",
+            desc=f"{run['algo']} {run['task']}",
+            disable=not self.progress_bar,
+            dynamic_ncols=True,
+        )
+        start = time.monotonic() - self.progress["wall_s"]
+        try:
+            while self.progress["env_steps"] < run["total_env_steps"]:
+                metrics = self.algo.train_iteration(self.env)
+                bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+                if bad:
+                    raise TrainingError(
+                        f"training diverged at iteration {self.progress['iteration'] + 1}: "
+                        f"{bad} not finite; the last good checkpoint is {self.ckpt_path}; "
+                        "lower the learning rate or check the reward scale"
+                    )
+                steps = int(metrics.pop("env_steps"))
+                self.progress["iteration"] += 1
+                self.progress["env_steps"] += steps
+                self.progress["wall_s"] = time.monotonic() - start
+                bar.update(steps)
+                it = self.progress["iteration"]
+                if it % run["log_every"] == 0:
+                    row = {**self.progress, **metrics}
+                    for k, v in metrics.items():
+                        writer.add_scalar(k, v, self.progress["env_steps"])
+                    if csv_file is None:
+                        new = not csv_path.exists()
+                        csv_file = csv_path.open("a", newline="")
+                        fields = list(row)
+                        if not new:
+                            with csv_path.open() as f:
+                                fields = next(csv.reader(f), fields)
+                        csv_w = csv.DictWriter(csv_file, fields, extrasaction="ignore")
+                        if new:
+                            csv_w.writeheader()
+                    csv_w.writerow(row)
+                    csv_file.flush()
+                    bar.set_postfix(
+                        ret=f"{metrics.get('return', float('nan')):.2f}",
+                        succ=f"{metrics.get('success', float('nan')):.2f}",
+                    )
+                if it % run["checkpoint_every"] == 0:
+                    self._checkpoint()
+            self._checkpoint()
+        except KeyboardInterrupt:
+            # Resumable: what was trained so far is kept (--resume continues it).
+            self._checkpoint()
+            raise
+        finally:
+            bar.close()
+            writer.close()
+            if csv_file is not None:
+                csv_file.close()
+            self.env.close()
+        return dict(self.progress)
+
+    def _checkpoint(self) -> None:
+        save_checkpoint(self.ckpt_path, self.algo, self.resolved, dict(self.progress))

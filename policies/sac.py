@@ -1,0 +1,296 @@
+"""SAC with domain randomisation (an off-policy DR baseline) and its oracle variant.
+
+Soft actor-critic (Haarnoja et al. 2018) with twin Q networks, target networks,
+automatic entropy tuning and a tanh-squashed Gaussian actor, trained from a replay
+buffer of episodes on tasks drawn afresh at every reset. Like PPO-DR it never adapts;
+the oracle sees the privileged task vector.
+
+Seams: :meth:`SAC.collect` (episode blocks into the replay buffer) -> no adaptation ->
+:meth:`SAC.update` (``updates_per_step`` gradient steps per collected env step).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from metagrasp.errors import ConfigError
+from metagrasp.policies.base import EnvSpec
+from metagrasp.policies.collect import Episodes, collect_episodes, episode_metrics
+from metagrasp.policies.networks import RunningNorm, mlp
+
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+
+
+@dataclass
+class SACConfig:
+    """SAC hyper-parameters."""
+
+    hidden: tuple[int, ...] = (256, 256)
+    """Hidden layer widths of actor and critics."""
+    lr: float = 3e-4
+    """Adam learning rate (actor, critics, temperature)."""
+    gamma: float = 0.99
+    """Discount factor."""
+    tau: float = 0.005
+    """Polyak averaging rate of the target critics."""
+    batch_size: int = 256
+    """Transitions per gradient step."""
+    buffer_size: int = 300_000
+    """Replay buffer capacity (transitions)."""
+    updates_per_step: float = 0.25
+    """Gradient steps per collected env step (all members counted)."""
+    warmup_steps: int = 5_000
+    """Env steps of uniform random actions before learning starts."""
+    init_alpha: float = 0.1
+    """Initial entropy temperature (tuned automatically towards -act_dim entropy)."""
+
+    def __post_init__(self) -> None:
+        for name in ("lr", "tau", "updates_per_step", "init_alpha"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"algo.{name}={getattr(self, name)} must be > 0")
+        if not 0.0 <= self.gamma <= 1.0:
+            raise ConfigError(f"algo.gamma={self.gamma} must be in [0, 1]")
+        if self.batch_size < 1 or self.buffer_size < self.batch_size:
+            raise ConfigError("algo.batch_size must be >= 1 and <= algo.buffer_size")
+
+
+class Replay:
+    """A ring buffer of transitions (numpy; saved in checkpoints as tensors)."""
+
+    KEYS = ("obs", "actions", "rewards", "next_obs", "dones")
+
+    def __init__(self, capacity: int, obs_dim: int, act_dim: int) -> None:
+        self.capacity, self.size, self.ptr = capacity, 0, 0
+        self.data = {
+            "obs": np.zeros((capacity, obs_dim), np.float32),
+            "actions": np.zeros((capacity, act_dim), np.float32),
+            "rewards": np.zeros(capacity, np.float32),
+            "next_obs": np.zeros((capacity, obs_dim), np.float32),
+            "dones": np.zeros(capacity, np.float32),
+        }
+
+    def add(self, batch: dict[str, np.ndarray]) -> None:
+        n = len(batch["rewards"])
+        idx = (self.ptr + np.arange(n)) % self.capacity
+        for k in self.KEYS:
+            self.data[k][idx] = batch[k]
+        self.ptr = int((self.ptr + n) % self.capacity)
+        self.size = min(self.size + n, self.capacity)
+
+    def sample(self, n: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        idx = rng.integers(0, self.size, n)
+        return {k: torch.as_tensor(v[idx]) for k, v in self.data.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "size": self.size,
+            "ptr": self.ptr,
+            **{k: torch.as_tensor(v[: self.size]) for k, v in self.data.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.size, self.ptr = int(state["size"]), int(state["ptr"])
+        for k in self.KEYS:
+            self.data[k][: self.size] = state[k].numpy()
+
+
+class Actor(nn.Module):
+    """Tanh-squashed Gaussian policy."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...]) -> None:
+        super().__init__()
+        self.body = mlp((obs_dim, *hidden, 2 * act_dim), out_gain=0.01)
+
+    def forward(
+        self, x: torch.Tensor, deterministic: bool = False, gen: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, log_std = self.body(x).chunk(2, -1)
+        log_std = torch.clamp(log_std, LOG_STD_MIN, LOG_STD_MAX)
+        std = log_std.exp()
+        u = mu if deterministic else mu + std * torch.randn(mu.shape, generator=gen)
+        a = torch.tanh(u)
+        logp = (-0.5 * ((u - mu) / std) ** 2 - log_std - 0.5 * np.log(2 * np.pi)).sum(-1)
+        logp = logp - (2 * (np.log(2) - u - nn.functional.softplus(-2 * u))).sum(-1)
+        return a, logp
+
+
+class SAC:
+    """SAC on randomised tasks, no adaptation (off-policy domain-randomisation baseline)."""
+
+    name: ClassVar[str] = "sac"
+    Config: ClassVar[type] = SACConfig
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "grasp:quick": {"run": {"total_env_steps": 30_000, "num_envs": 16}, "algo": {}},
+        "grasp:default": {"run": {"total_env_steps": 1_000_000, "num_envs": 16}, "algo": {}},
+        "point:quick": {
+            "run": {"total_env_steps": 20_000, "num_envs": 20},
+            "algo": {"hidden": [64, 64], "warmup_steps": 1000, "updates_per_step": 0.5},
+        },
+        "point:default": {
+            "run": {"total_env_steps": 60_000, "num_envs": 20},
+            "algo": {"hidden": [64, 64], "warmup_steps": 1000, "updates_per_step": 0.5},
+        },
+    }
+    privileged: ClassVar[bool] = False
+
+    def __init__(self, config: SACConfig, spec: EnvSpec, seed: int = 0) -> None:
+        self.config, self.spec = config, spec
+        in_dim = spec.obs_dim + (spec.task_dim if self.privileged else 0)
+        torch.manual_seed(seed)
+        self.actor = Actor(in_dim, spec.act_dim, config.hidden)
+        self.q1 = mlp((in_dim + spec.act_dim, *config.hidden, 1))
+        self.q2 = mlp((in_dim + spec.act_dim, *config.hidden, 1))
+        self.q1_t, self.q2_t = copy.deepcopy(self.q1), copy.deepcopy(self.q2)
+        self.norm = RunningNorm(in_dim)
+        self.log_alpha = nn.Parameter(torch.tensor(float(np.log(config.init_alpha))))
+        self.opt_actor = torch.optim.Adam(self.actor.parameters(), lr=config.lr)
+        q_params = [*self.q1.parameters(), *self.q2.parameters()]
+        self.opt_q = torch.optim.Adam(q_params, lr=config.lr)
+        self.opt_alpha = torch.optim.Adam([self.log_alpha], lr=config.lr)
+        self.replay = Replay(config.buffer_size, in_dim, spec.act_dim)
+        self.gen = torch.Generator().manual_seed(seed + 7)
+        self.rng = np.random.default_rng(seed + 13)
+        self.env_steps = 0
+        self.iteration = 0
+
+    # --- acting ----------------------------------------------------------------------
+
+    def _inputs(self, obs: np.ndarray, task: np.ndarray) -> np.ndarray:
+        return np.concatenate([obs, task], -1) if self.privileged else obs
+
+    def init_state(self, n: int) -> None:
+        return None
+
+    @torch.no_grad()
+    def act(
+        self, obs: np.ndarray, task: np.ndarray, state: Any, deterministic: bool = False
+    ) -> tuple[np.ndarray, Any]:
+        x = self.norm(torch.as_tensor(self._inputs(obs, task), dtype=torch.float32))
+        a, _ = self.actor(x, deterministic, self.gen)
+        return a.numpy(), state
+
+    def observe(self, state: Any, step: dict[str, np.ndarray]) -> Any:
+        return state
+
+    def adapt(self, state: Any, episodes: list[Episodes]) -> Any:
+        return state
+
+    # --- training: collect -> (no adapt) -> update ------------------------------------
+
+    def collect(self, env: Any) -> Episodes:
+        """One episode block into the replay buffer (uniform actions during warm-up)."""
+        warm = self.env_steps < self.config.warmup_steps
+
+        def policy(obs: np.ndarray, task: np.ndarray) -> tuple[np.ndarray, dict]:
+            if warm:
+                return self.rng.uniform(-1, 1, (len(obs), self.spec.act_dim)), {}
+            return self.act(obs, task, None)[0], {}
+
+        ep = collect_episodes(env, policy, self.spec.max_steps)
+        valid = ep.mask > 0
+        task = np.broadcast_to(ep.task[:, None], (*ep.mask.shape, ep.task.shape[-1]))
+        self.replay.add(
+            {
+                "obs": self._inputs(ep.obs, task)[valid],
+                "actions": ep.actions[valid],
+                "rewards": ep.rewards[valid],
+                "next_obs": self._inputs(ep.next_obs, task)[valid],
+                "dones": ep.dones[valid],
+            }
+        )
+        self.norm.update(self._inputs(ep.obs, task)[valid])
+        self.env_steps += ep.env_steps
+        return ep
+
+    def update(self, n_updates: int) -> dict[str, float]:
+        """Gradient steps on critics, actor and temperature."""
+        cfg = self.config
+        stats: dict[str, list[float]] = {"q_loss": [], "pi_loss": [], "alpha": []}
+        for _ in range(n_updates):
+            b = self.replay.sample(cfg.batch_size, self.rng)
+            x, nx = self.norm(b["obs"]).float(), self.norm(b["next_obs"]).float()
+            alpha = self.log_alpha.exp().detach()
+            with torch.no_grad():
+                na, nlogp = self.actor(nx, gen=self.gen)
+                xa = torch.cat([nx, na], -1)
+                q_next = torch.min(self.q1_t(xa), self.q2_t(xa)).squeeze(-1) - alpha * nlogp
+                target = b["rewards"] + cfg.gamma * (1 - b["dones"]) * q_next
+            xa = torch.cat([x, b["actions"]], -1)
+            q_loss = ((self.q1(xa).squeeze(-1) - target) ** 2).mean() + (
+                (self.q2(xa).squeeze(-1) - target) ** 2
+            ).mean()
+            self.opt_q.zero_grad()
+            q_loss.backward()
+            self.opt_q.step()
+            a, logp = self.actor(x, gen=self.gen)
+            xa = torch.cat([x, a], -1)
+            pi_loss = (alpha * logp - torch.min(self.q1(xa), self.q2(xa)).squeeze(-1)).mean()
+            self.opt_actor.zero_grad()
+            pi_loss.backward()
+            self.opt_actor.step()
+            alpha_loss = -(self.log_alpha * (logp.detach() - self.spec.act_dim)).mean()
+            self.opt_alpha.zero_grad()
+            alpha_loss.backward()
+            self.opt_alpha.step()
+            with torch.no_grad():
+                for net, tgt in ((self.q1, self.q1_t), (self.q2, self.q2_t)):
+                    for p, pt in zip(net.parameters(), tgt.parameters(), strict=True):
+                        pt.lerp_(p, cfg.tau)
+            stats["q_loss"].append(q_loss.item())
+            stats["pi_loss"].append(pi_loss.item())
+            stats["alpha"].append(float(alpha))
+        return {k: float(np.mean(v)) for k, v in stats.items() if v}
+
+    def train_iteration(self, env: Any) -> dict[str, float]:
+        ep = self.collect(env)
+        n_updates = 0
+        if self.env_steps >= self.config.warmup_steps:
+            n_updates = int(round(ep.env_steps * self.config.updates_per_step))
+        metrics = self.update(n_updates)
+        self.iteration += 1
+        metrics.update(episode_metrics([ep]))
+        metrics["updates"] = float(n_updates)
+        return metrics
+
+    # --- checkpoints -----------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "nets": {
+                k: getattr(self, k).state_dict()
+                for k in ("actor", "q1", "q2", "q1_t", "q2_t", "norm")
+            },
+            "log_alpha": self.log_alpha.detach().clone(),
+            "opts": {k: getattr(self, k).state_dict() for k in ("opt_actor", "opt_q", "opt_alpha")},
+            "replay": self.replay.state_dict(),
+            "gen": self.gen.get_state(),
+            "rng": self.rng.bit_generator.state,
+            "env_steps": self.env_steps,
+            "iteration": self.iteration,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for k, v in state["nets"].items():
+            getattr(self, k).load_state_dict(v)
+        with torch.no_grad():
+            self.log_alpha.copy_(state["log_alpha"])
+        for k, v in state["opts"].items():
+            getattr(self, k).load_state_dict(v)
+        self.replay.load_state_dict(state["replay"])
+        self.gen.set_state(state["gen"])
+        self.rng.bit_generator.state = state["rng"]
+        self.env_steps = int(state["env_steps"])
+        self.iteration = int(state["iteration"])
+
+
+class SACOracle(SAC):
+    """SAC whose actor and critics also see the privileged task vector (reference line)."""
+
+    name: ClassVar[str] = "sac-oracle"
+    privileged: ClassVar[bool] = True
