@@ -152,6 +152,8 @@ def load_trained(
         raise CheckpointError(
             f"{cfg_path} is malformed ({exc}); it was not written by metagrasp train"
         ) from exc
+    # Evaluation is small-batch inference beside env workers: more threads only contend.
+    torch.set_num_threads(resolved["run"].get("torch_threads", 1))
     ckpt_path = checkpoint or run_dir / "checkpoints" / "last.pt"
     ckpt = load_checkpoint(ckpt_path, resolved["run"]["algo"])
     algo = build_algorithm(resolved, spec)
@@ -225,8 +227,19 @@ class Runner:
 
         run = self.run
         csv_path = self.out / "metrics.csv"
-        writer = SummaryWriter(str(self.out / "tb"), purge_step=self.progress["iteration"] + 1)
+        # Scalars are logged at env steps: on resume, hide only what came after the checkpoint.
+        writer = SummaryWriter(str(self.out / "tb"), purge_step=self.progress["env_steps"] + 1)
         csv_file = None
+        if csv_path.exists():
+            # Resuming: rows logged after the checkpoint will be logged again; drop them.
+            with csv_path.open(newline="") as f:
+                rows = list(csv.reader(f))
+            col = rows[0].index("iteration") if rows and "iteration" in rows[0] else None
+            if col is not None:
+                keep = [r for r in rows[1:] if int(r[col]) <= self.progress["iteration"]]
+                if len(keep) < len(rows) - 1:
+                    with csv_path.open("w", newline="") as f:
+                        csv.writer(f).writerows([rows[0], *keep])
         bar = tqdm(
             total=run["total_env_steps"],
             initial=self.progress["env_steps"],
@@ -243,8 +256,13 @@ class Runner:
                 if bad:
                     raise TrainingError(
                         f"training diverged at iteration {self.progress['iteration'] + 1}: "
-                        f"{bad} not finite; the last good checkpoint is {self.ckpt_path}; "
-                        "lower the learning rate or check the reward scale"
+                        f"{bad} not finite; "
+                        + (
+                            f"the last good checkpoint is {self.ckpt_path}; "
+                            if self.ckpt_path.exists()
+                            else "no checkpoint was written yet; "
+                        )
+                        + "lower the learning rate or check the reward scale"
                     )
                 steps = int(metrics.pop("env_steps"))
                 self.progress["iteration"] += 1

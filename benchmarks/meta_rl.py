@@ -1,0 +1,224 @@
+"""Meta-RL benchmark: train every algorithm, meta-test on held-out splits, one table.
+
+For a task family and a preset, trains each algorithm (one run per seed, skipped when
+the run directory already holds a finished run), runs the meta-test protocol of
+``metagrasp eval`` on each split, and writes, under ``--out``:
+
+* ``table.md`` — per algorithm and split: success and return at k = 0..K (mean and 95 %
+  CI over tasks and seeds), gap closure at k = 3 against the DR and oracle runs,
+  training wall-clock, env steps, and env steps to reach 80 % of the oracle's training
+  success;
+* ``results.json`` — everything in the table, machine-readable;
+* ``success_vs_k_<split>.png`` — success vs adaptation episodes, every algorithm plus the
+  DR and oracle lines.
+
+Usage::
+
+    python benchmarks/meta_rl.py --task point-nav --preset default \
+        --algos ppo ppo-oracle cavia --dr ppo --oracle ppo-oracle --seeds 0 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--task", default="grasp-lift", help="task family")
+    p.add_argument("--preset", default="default", help="quick or default")
+    p.add_argument("--algos", nargs="+", default=["ppo", "ppo-oracle", "cavia"])
+    p.add_argument("--dr", default="ppo", help="algorithm of the DR reference line")
+    p.add_argument("--oracle", default="ppo-oracle", help="algorithm of the oracle line")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds")
+    p.add_argument("--splits", nargs="+", default=["test", "hard"])
+    p.add_argument("--episodes-per-task", type=int, default=3, help="K")
+    p.add_argument("--eval-seeds", type=int, nargs="+", default=[0], help="meta-test seeds")
+    p.add_argument("--set", action="append", default=[], help="config override for all runs")
+    p.add_argument("--workers", type=int, default=None, help="env worker processes")
+    p.add_argument("--out", default="benchmarks/results", help="output folder")
+    return p.parse_args(argv)
+
+
+def train(algo: str, seed: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """Train one run unless it is already finished; returns its progress."""
+    from metagrasp.policies.cli import parse_overrides
+    from metagrasp.policies.runner import Runner, load_checkpoint, resolve_config
+
+    ckpt = out / "checkpoints" / "last.pt"
+    if ckpt.exists():
+        data = load_checkpoint(ckpt, algo)
+        if data["progress"]["env_steps"] >= data["config"]["run"]["total_env_steps"]:
+            return dict(data["progress"])
+        runner = Runner({}, out, resume=True, progress_bar=False)
+    else:
+        overrides = parse_overrides(args.set)
+        overrides["run"]["seed"] = seed
+        if args.workers is not None:
+            overrides["run"]["workers"] = args.workers
+        resolved = resolve_config(algo, args.task, args.preset, None, overrides)
+        runner = Runner(resolved, out, progress_bar=False)
+    t0 = time.monotonic()
+    progress = runner.train()
+    print(f"  trained {algo} seed {seed}: {time.monotonic() - t0:.0f} s", file=sys.stderr)
+    return progress
+
+
+def evaluate(run: Path, split: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The meta-test protocol on one run (cached in RUN/eval-SPLIT/results.json)."""
+    from metagrasp.policies.evaluate import meta_test, summarise, write_results
+    from metagrasp.policies.runner import load_trained
+
+    cache = run / f"eval-{split}" / "results.json"
+    if cache.exists():
+        cached = json.loads(cache.read_text())
+        if cached["episodes_per_task"] == args.episodes_per_task and cached["seeds"] == list(
+            args.eval_seeds
+        ):
+            return cached
+    algo, resolved, spec = load_trained(run)
+    raw = meta_test(algo, spec, split, args.episodes_per_task, tuple(args.eval_seeds))
+    summary = summarise(raw)
+    summary["algo"], summary["run"] = resolved["run"]["algo"], str(run)
+    write_results(summary, run / f"eval-{split}")
+    return summary
+
+
+def pooled(summaries: list[dict[str, Any]]) -> dict[str, Any]:
+    """Pool several seeds' meta-test results: mean and CI over (seed, task) pairs."""
+    from metagrasp.policies.evaluate import ci95
+
+    succ = np.concatenate([np.asarray(s["raw_success"], float) for s in summaries])
+    ret = np.concatenate([np.asarray(s["raw_return"], float) for s in summaries])
+    per_k = []
+    for k in range(succ.shape[2]):
+        s_mean, s_ci = ci95(succ[:, :, k])
+        r_mean, r_ci = ci95(ret[:, :, k])
+        per_k.append(
+            {"k": k, "success": s_mean, "success_ci95": s_ci, "return": r_mean, "return_ci95": r_ci}
+        )
+    return {"per_k": per_k, "family": summaries[0]["family"], "split": summaries[0]["split"]}
+
+
+def steps_to_fraction(run_dirs: list[Path], level: float) -> float:
+    """Env steps until the training success (10-row moving average) first reaches level."""
+    found = []
+    for run in run_dirs:
+        rows = list(csv.DictReader((run / "metrics.csv").open()))
+        succ = np.array([float(r["success"]) for r in rows])
+        steps = np.array([float(r["env_steps"]) for r in rows])
+        smooth = np.convolve(succ, np.ones(10) / 10, mode="full")[: len(succ)]
+        hit = np.nonzero(smooth >= level)[0]
+        found.append(steps[hit[0]] if hit.size else np.nan)
+    return float(np.nanmean(found)) if not np.all(np.isnan(found)) else float("nan")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from metagrasp.policies.evaluate import GAP_K, reference_level
+
+    args = parse_args(argv)
+    out = Path(args.out) / f"{args.task}-{args.preset}"
+    out.mkdir(parents=True, exist_ok=True)
+    algos = list(dict.fromkeys([*args.algos, args.dr, args.oracle]))
+    runs: dict[str, list[Path]] = {}
+    wall: dict[str, float] = {}
+    steps: dict[str, float] = {}
+    for algo in algos:
+        runs[algo] = [out / "runs" / f"{algo}-s{s}" for s in args.seeds]
+        progs = [train(algo, s, args, d) for s, d in zip(args.seeds, runs[algo], strict=True)]
+        wall[algo] = float(np.mean([p["wall_s"] for p in progs]))
+        steps[algo] = float(np.mean([p["env_steps"] for p in progs]))
+    report: dict[str, Any] = {"task": args.task, "preset": args.preset, "splits": {}}
+    oracle_train = np.mean(
+        [
+            float(list(csv.DictReader((r / "metrics.csv").open()))[-1]["success"])
+            for r in runs[args.oracle]
+        ]
+    )
+    lines = [f"# {args.task}, preset {args.preset}, training seeds {args.seeds}", ""]
+    for split in args.splits:
+        res = {a: pooled([evaluate(r, split, args) for r in runs[a]]) for a in algos}
+        dr, oracle = res[args.dr], res[args.oracle]
+        lo, hi = reference_level(dr), reference_level(oracle)
+        k_cols = [f"k={k}" for k in range(args.episodes_per_task + 1)]
+        lines += [
+            f"## split `{split}` (DR line {lo:.3f}, oracle line {hi:.3f})",
+            "",
+            "| algorithm | "
+            + " | ".join(f"success {c}" for c in k_cols)
+            + " | return k=0 | return k=last | gap closure k=3 | train wall-clock | env steps"
+            " | steps to 80% oracle |",
+            "|---" * (len(k_cols) + 7) + "|",
+        ]
+        report["splits"][split] = {}
+        for a in algos:
+            pk = res[a]["per_k"]
+            gap = (
+                (pk[GAP_K]["success"] - lo) / (hi - lo)
+                if len(pk) > GAP_K and hi - lo > 1e-9
+                else float("nan")
+            )
+            s80 = steps_to_fraction(runs[a], 0.8 * oracle_train) if oracle_train > 0 else np.nan
+            report["splits"][split][a] = {
+                "per_k": pk,
+                "gap_closure_k3": gap,
+                "train_wall_s": wall[a],
+                "env_steps": steps[a],
+                "steps_to_80pct_oracle": s80,
+            }
+            cells = [f"{r['success']:.3f} ± {r['success_ci95']:.3f}" for r in pk]
+            lines.append(
+                f"| {a} | "
+                + " | ".join(cells)
+                + f" | {pk[0]['return']:.2f} | {pk[-1]['return']:.2f} | {gap:.2f}"
+                f" | {wall[a] / 60:.1f} min | {steps[a]:,.0f} | {s80:,.0f} |"
+            )
+        lines.append("")
+        _plot(res, split, args, out / f"success_vs_k_{split}.png", lo, hi)
+    (out / "table.md").write_text("\n".join(lines) + "\n")
+    (out / "results.json").write_text(json.dumps(report, indent=1) + "\n")
+    print("\n".join(lines))
+    print(f"wrote {out / 'table.md'}")
+    return 0
+
+
+def _plot(res: dict, split: str, args: argparse.Namespace, path: Path, lo: float, hi: float):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for a, r in res.items():
+        if a in (args.dr, args.oracle):
+            continue
+        ks = [row["k"] for row in r["per_k"]]
+        ax.errorbar(
+            ks,
+            [row["success"] for row in r["per_k"]],
+            yerr=[row["success_ci95"] for row in r["per_k"]],
+            marker="o",
+            capsize=3,
+            label=a,
+        )
+    ax.axhline(lo, ls="--", color="grey", label=f"DR ({args.dr})")
+    ax.axhline(hi, ls=":", color="black", label=f"oracle ({args.oracle})")
+    ax.set(xlabel="adaptation episodes k", ylabel="success rate", ylim=(-0.02, 1.02))
+    ax.set_title(f"{args.task} / {split}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
