@@ -94,17 +94,11 @@ def evaluate(run: Path, split: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def pooled(summaries: list[dict[str, Any]]) -> dict[str, Any]:
     """Pool several seeds' meta-test results: mean and CI over (seed, task) pairs."""
-    from metagrasp.policies.evaluate import ci95
+    from metagrasp.policies.evaluate import per_k_stats
 
     succ = np.concatenate([np.asarray(s["raw_success"], float) for s in summaries])
     ret = np.concatenate([np.asarray(s["raw_return"], float) for s in summaries])
-    per_k = []
-    for k in range(succ.shape[2]):
-        s_mean, s_ci = ci95(succ[:, :, k])
-        r_mean, r_ci = ci95(ret[:, :, k])
-        per_k.append(
-            {"k": k, "success": s_mean, "success_ci95": s_ci, "return": r_mean, "return_ci95": r_ci}
-        )
+    per_k = per_k_stats(succ, ret)
     return {"per_k": per_k, "family": summaries[0]["family"], "split": summaries[0]["split"]}
 
 

@@ -32,7 +32,7 @@ from metagrasp.errors import ConfigError
 from metagrasp.policies import functional as fn
 from metagrasp.policies.base import EnvSpec
 from metagrasp.policies.collect import Episodes, collect_episodes, episode_metrics
-from metagrasp.policies.networks import ActorCritic, gae
+from metagrasp.policies.networks import ActorCritic, critic_gae
 
 
 @dataclass
@@ -93,12 +93,12 @@ class CAVIA:
         "grasp:quick": {"run": {"total_env_steps": 120_000, "num_envs": 32}, "algo": {}},
         "grasp:default": {"run": {"total_env_steps": 4_000_000, "num_envs": 32}, "algo": {}},
         "point:quick": {
-            "run": {"total_env_steps": 100_000, "num_envs": 40},
-            "algo": {"hidden": [64, 64], "lr": 1e-3},
+            "run": {"total_env_steps": 200_000, "num_envs": 100},
+            "algo": {"hidden": [64, 64], "lr": 3e-4, "inner_lr": 10.0},
         },
         "point:default": {
-            "run": {"total_env_steps": 400_000, "num_envs": 40},
-            "algo": {"hidden": [64, 64], "lr": 1e-3},
+            "run": {"total_env_steps": 1_000_000, "num_envs": 100},
+            "algo": {"hidden": [64, 64], "lr": 3e-4, "inner_lr": 10.0},
         },
     }
 
@@ -131,21 +131,12 @@ class CAVIA:
         cfg, net = self.config, self.net
         parts: dict[str, list[torch.Tensor]] = {"obs": [], "actions": [], "adv": [], "mask": []}
         for ep in episodes:
-            n = ep.obs.shape[0]
-            ctx0 = self._ctx0(n)
-            x = net.norm(torch.as_tensor(ep.obs))
-            with torch.no_grad():
-                v = net.value(x, ctx0)
-                nv = net.value(net.norm(torch.as_tensor(ep.next_obs)), ctx0)
-            mask = torch.as_tensor(ep.mask)
-            adv, _ = gae(
-                torch.as_tensor(ep.rewards), v, nv, torch.as_tensor(ep.dones), mask,
-                cfg.gamma, cfg.gae_lambda,
-            )  # fmt: skip
-            parts["obs"].append(x)
+            ctx0 = self._ctx0(ep.obs.shape[0])
+            adv, _ = critic_gae(net, ep.obs, ep.next_obs, ep, cfg.gamma, cfg.gae_lambda, ctx0)
+            parts["obs"].append(net.norm(torch.as_tensor(ep.obs)))
             parts["actions"].append(torch.as_tensor(ep.actions))
             parts["adv"].append(adv)
-            parts["mask"].append(mask)
+            parts["mask"].append(torch.as_tensor(ep.mask))
         batch = {k: torch.cat(v, dim=1) for k, v in parts.items()}
         m = batch["mask"]
         count = m.sum(1, keepdim=True).clamp(min=1.0)
@@ -217,15 +208,9 @@ class CAVIA:
 
     def _advantages(self, ep: Episodes, ctx: torch.Tensor) -> torch.Tensor:
         """Outer advantages (normalised over the batch) and value targets of an episode."""
-        cfg, net = self.config, self.net
-        with torch.no_grad():
-            v = net.value(net.norm(torch.as_tensor(ep.obs)), ctx)
-            nv = net.value(net.norm(torch.as_tensor(ep.next_obs)), ctx)
+        cfg = self.config
+        adv, ret = critic_gae(self.net, ep.obs, ep.next_obs, ep, cfg.gamma, cfg.gae_lambda, ctx)
         mask = torch.as_tensor(ep.mask)
-        adv, ret = gae(
-            torch.as_tensor(ep.rewards), v, nv, torch.as_tensor(ep.dones), mask,
-            cfg.gamma, cfg.gae_lambda,
-        )  # fmt: skip
         self._returns[id(ep)] = ret
         valid = adv[mask.bool()]
         return (adv - valid.mean()) / (valid.std() + 1e-8) * mask

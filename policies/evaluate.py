@@ -126,18 +126,23 @@ def ci95(x: np.ndarray) -> tuple[float, float]:
     return float(x.mean()), float(1.96 * x.std(ddof=1) / math.sqrt(x.size))
 
 
-def summarise(raw: dict[str, Any]) -> dict[str, Any]:
-    """Per-k mean and CI of success and return over (seed, task) pairs."""
-    per_k = []
-    for k in range(raw["success"].shape[2]):
-        s_mean, s_ci = ci95(raw["success"][:, :, k])
-        r_mean, r_ci = ci95(raw["returns"][:, :, k])
-        per_k.append(
+def per_k_stats(success: np.ndarray, returns: np.ndarray) -> list[dict[str, float]]:
+    """Per-k mean and CI of success and return; arrays are (seeds, tasks, K + 1)."""
+    rows = []
+    for k in range(success.shape[2]):
+        s_mean, s_ci = ci95(success[:, :, k])
+        r_mean, r_ci = ci95(returns[:, :, k])
+        rows.append(
             {"k": k, "success": s_mean, "success_ci95": s_ci, "return": r_mean, "return_ci95": r_ci}
         )
+    return rows
+
+
+def summarise(raw: dict[str, Any]) -> dict[str, Any]:
+    """Per-k mean and CI of success and return over (seed, task) pairs."""
     return {
         **{k: v for k, v in raw.items() if k not in ("success", "returns")},
-        "per_k": per_k,
+        "per_k": per_k_stats(raw["success"], raw["returns"]),
         "raw_success": raw["success"].astype(int).tolist(),
         "raw_return": np.round(raw["returns"], 4).tolist(),
     }

@@ -10,6 +10,8 @@ exports.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from torch import nn
@@ -166,3 +168,31 @@ def gae(
         last = delta + gamma * lam * cont * last
         adv[:, t] = last * mask[:, t]
     return adv, (adv + values) * mask
+
+
+@torch.no_grad()
+def critic_gae(
+    net: ActorCritic,
+    obs: np.ndarray,
+    next_obs: np.ndarray,
+    ep: Any,
+    gamma: float,
+    lam: float,
+    context: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`gae` of an episode block under ``net``'s critic (raw inputs, normalised here).
+
+    ``obs``/``next_obs`` are the network inputs of ``ep`` (the oracle appends the task
+    vector); rewards, terminations and mask come from ``ep``.
+    """
+    values = net.value(net.norm(torch.as_tensor(obs)), context)
+    next_values = net.value(net.norm(torch.as_tensor(next_obs)), context)
+    return gae(
+        torch.as_tensor(ep.rewards),
+        values,
+        next_values,
+        torch.as_tensor(ep.dones),
+        torch.as_tensor(ep.mask),
+        gamma,
+        lam,
+    )

@@ -21,7 +21,7 @@ import torch
 from metagrasp.errors import ConfigError
 from metagrasp.policies.base import EnvSpec
 from metagrasp.policies.collect import Episodes, collect_episodes, episode_metrics, tile_task
-from metagrasp.policies.networks import ActorCritic, gae
+from metagrasp.policies.networks import ActorCritic, critic_gae
 
 
 @dataclass
@@ -77,12 +77,12 @@ def _presets(budget_quick: int, budget_default: int, envs: int) -> dict[str, dic
             "algo": {},
         },
         "point:quick": {
-            "run": {"total_env_steps": 100_000, "num_envs": 40},
-            "algo": {"hidden": [64, 64], "gamma": 0.99, "lr": 1e-3},
+            "run": {"total_env_steps": 200_000, "num_envs": 100},
+            "algo": {"hidden": [64, 64], "lr": 3e-4},
         },
         "point:default": {
-            "run": {"total_env_steps": 400_000, "num_envs": 40},
-            "algo": {"hidden": [64, 64], "gamma": 0.99, "lr": 1e-3},
+            "run": {"total_env_steps": 1_000_000, "num_envs": 100},
+            "algo": {"hidden": [64, 64], "lr": 3e-4},
         },
     }
 
@@ -143,22 +143,12 @@ class PPO:
         cfg, net = self.config, self.net
         flat: dict[str, list[torch.Tensor]] = {k: [] for k in ("x", "a", "logp", "adv", "ret")}
         for ep in blocks:
-            x = torch.as_tensor(self._inputs(ep.obs, tile_task(ep.task, ep.obs)))
-            nx = torch.as_tensor(self._inputs(ep.next_obs, tile_task(ep.task, ep.obs)))
-            net.norm.update(x[torch.as_tensor(ep.mask, dtype=torch.bool)])
-            with torch.no_grad():
-                values = net.value(net.norm(x))
-                next_values = net.value(net.norm(nx))
+            obs_in = self._inputs(ep.obs, tile_task(ep.task, ep.obs))
+            next_in = self._inputs(ep.next_obs, tile_task(ep.task, ep.obs))
+            x = torch.as_tensor(obs_in)
             mask = torch.as_tensor(ep.mask)
-            adv, ret = gae(
-                torch.as_tensor(ep.rewards),
-                values,
-                next_values,
-                torch.as_tensor(ep.dones),
-                mask,
-                cfg.gamma,
-                cfg.gae_lambda,
-            )
+            net.norm.update(x[mask.bool()])
+            adv, ret = critic_gae(net, obs_in, next_in, ep, cfg.gamma, cfg.gae_lambda)
             valid = mask.bool()
             flat["x"].append(x[valid])
             flat["a"].append(torch.as_tensor(ep.actions)[valid])
