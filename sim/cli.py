@@ -98,6 +98,11 @@ def run_rollout(args: argparse.Namespace) -> int:
     from metagrasp.sim.scripted import run_episode
 
     fam = get_family(args.task)
+    if not fam.entry_point.endswith(":GraspEnv"):
+        raise ConfigError(
+            f"rollout renders the arm scene; {fam.name!r} is not a grasp family "
+            "(use --task reach, grasp-lift or place)"
+        )
     if args.episodes < 1:
         raise ConfigError("--episodes must be at least 1")
     video = args.video or ""

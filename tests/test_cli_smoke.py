@@ -51,3 +51,10 @@ def test_rollout_mp4_and_png(tmp_path):
             "64",
         )
         assert (tmp_path / name).stat().st_size > 1000
+
+
+def test_rollout_refuses_a_family_without_an_arm_scene(capsys):
+    from metagrasp.cli import main
+
+    assert main(["rollout", "--task", "point-nav", "--video", ""]) == 2
+    assert "not a grasp family" in capsys.readouterr().err
