@@ -56,7 +56,7 @@ import numpy as np
 
 from metagrasp.errors import ConfigError, TaskParamError, UnknownNameError
 from metagrasp.sim.tasks import SPLITS, check_split
-from metagrasp.sim.vector import _SAME_STEP, member_seed
+from metagrasp.sim.vector import _SAME_STEP, member_seeds
 
 OBS_NAMES: tuple[str, ...] = ("x", "y")
 """Observation layout: the point's position."""
@@ -568,16 +568,7 @@ class VectorPointNavEnv(gym.vector.VectorEnv):
             raise RuntimeError("this VectorPointNavEnv is closed; create a new one")
 
     def _member_seeds(self, seed: int | Sequence[int | None] | None) -> list[int | None]:
-        if seed is None:
-            return [None] * self.num_envs
-        if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
-            return [member_seed(int(seed), i) for i in range(self.num_envs)]
-        seeds = list(seed)
-        if len(seeds) != self.num_envs:
-            raise ConfigError(
-                f"seed must be an int or {self.num_envs} per-member seeds, got {len(seeds)}"
-            )
-        return [None if s is None else int(s) for s in seeds]
+        return member_seeds(seed, self.num_envs)
 
     def _reset_member(self, i: int, seed: int | None) -> None:
         """What :meth:`PointNavEnv.reset` does, for member ``i``."""

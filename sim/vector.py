@@ -112,6 +112,23 @@ def member_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0])
 
 
+def member_seeds(seed: int | Sequence[int | None] | None, n: int) -> list[int | None]:
+    """Per-member reset seeds of a vector env: ``None`` (continue every stream), one int
+    (expanded with :func:`member_seed`), or ``n`` explicit seeds.
+
+    Raises:
+        ConfigError: a sequence of the wrong length.
+    """
+    if seed is None:
+        return [None] * n
+    if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+        return [member_seed(int(seed), i) for i in range(n)]
+    seeds = list(seed)
+    if len(seeds) != n:
+        raise ConfigError(f"seed must be an int or {n} per-member seeds, got {len(seeds)}")
+    return [None if s is None else int(s) for s in seeds]
+
+
 def available_cpus() -> int:
     """CPU cores this process may run on (affinity-aware, e.g. in containers)."""
     try:
@@ -537,16 +554,7 @@ class VectorGraspEnv(gym.vector.VectorEnv):
             raise RuntimeError("this VectorGraspEnv is closed; create a new one")
 
     def _member_seeds(self, seed: int | Sequence[int | None] | None) -> list[int | None]:
-        if seed is None:
-            return [None] * self.num_envs
-        if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
-            return [member_seed(int(seed), i) for i in range(self.num_envs)]
-        seeds = list(seed)
-        if len(seeds) != self.num_envs:
-            raise ConfigError(
-                f"seed must be an int or {self.num_envs} per-member seeds, got {len(seeds)}"
-            )
-        return [None if s is None else int(s) for s in seeds]
+        return member_seeds(seed, self.num_envs)
 
     def _dispatch(self, cmd: str, per_chunk: list[Any] | None) -> list[Any]:
         """Run ``cmd`` on every chunk (argument per chunk) and return their results."""
