@@ -5,11 +5,23 @@ Contract:
       positions and velocities, gripper opening and effort (servo load), the previous
       action, and the object's pose from an object-pose source. Hidden task parameters are
       never in it; they are in ``info["task"]`` (privileged vector) and ``env.task``.
-    * Action (6 values in [-1, 1]): bounded joint-position deltas for the 5 arm servos
-      (``max_joint_delta`` rad per step at full scale) and an absolute gripper target
-      (-1 = squeeze past closed, +1 = fully open) — exactly what a servo bus accepts.
+    * Action (6 values in [-1, 1]), in one of two modes (``EnvConfig.action_mode``):
+
+      - ``"ee"`` (default, :data:`EE_ACTION_NAMES`): bounded deltas of a tool-centre-point
+        target (``max_tcp_delta`` m per step at full scale, the target clipped to
+        :data:`TCP_BOX`), an absolute finger yaw relative to the arm's pointing direction
+        (+-1 = +-90 degrees, i.e. the wrist roll), an absolute wrist pitch offset, and an
+        absolute gripper target. The env turns the target into servo targets with the
+        numpy inverse kinematics of :mod:`metagrasp.kinematics`, which the device runs too.
+      - ``"joint"`` (:data:`JOINT_ACTION_NAMES`): bounded joint-position deltas for the 5
+        arm servos (``max_joint_delta`` rad per step at full scale) and the gripper target.
+
+      The gripper target is absolute in both modes: -1 = squeeze past closed, +1 = fully
+      open. Either way the servos get position targets, exactly what a servo bus accepts.
     * ``reset(seed=, options={"task": TaskParams | dict, "object_pose": (x, y, yaw)})``
-      sets the task; without a task one is drawn from the env's split.
+      sets the task; without a task one is drawn from the env's split. The object is put
+      down at ``object_pose`` and allowed to come to rest (``settle_seconds``) before the
+      episode starts: a lumpy mesh may topple a little on the way.
     * ``info``: ``success`` (bool), ``reward_terms`` (named dense terms that sum to the
       reward), ``grip_force`` (N), ``crushed``, ``task`` (privileged vector).
     * An episode lasts ``episode_seconds``; it ends early (terminated) when the object is
@@ -30,7 +42,7 @@ import mujoco
 import numpy as np
 
 from metagrasp.errors import ConfigError, TaskParamError, UnknownNameError
-from metagrasp.kinematics import ARM
+from metagrasp.kinematics import ARM, forward_tcp, top_down_ik
 from metagrasp.sim import scene
 from metagrasp.sim.objects import half_extents
 from metagrasp.sim.tasks import (
@@ -49,7 +61,7 @@ OBS_NAMES: tuple[str, ...] = (
     *(f"dq_{n}" for n in ARM.joint_names),
     "gripper_opening",
     "gripper_effort",
-    *(f"prev_action_{n}" for n in ARM.joint_names),
+    *(f"prev_action_{i}" for i in range(6)),
     "obj_rel_x",
     "obj_rel_y",
     "obj_rel_z",
@@ -64,9 +76,38 @@ OBS_NAMES: tuple[str, ...] = (
     "goal_y",
     "goal_z",
 )
-"""Observation layout; units: rad, rad/s, m, m/s, effort in [-1, 1], quaternion."""
+"""Observation layout; units: rad, rad/s, m, m/s, effort in [-1, 1], quaternion. The
+previous action is in the env's action-mode order (see ``GraspEnv.action_names``)."""
 
-ACTION_NAMES: tuple[str, ...] = ARM.joint_names
+JOINT_ACTION_NAMES: tuple[str, ...] = ARM.joint_names
+"""Actions of ``action_mode="joint"``: 5 arm joint deltas and the gripper target."""
+EE_ACTION_NAMES: tuple[str, ...] = (
+    "tcp_dx",
+    "tcp_dy",
+    "tcp_dz",
+    "finger_yaw",
+    "wrist_pitch",
+    "gripper",
+)
+"""Actions of ``action_mode="ee"``: TCP target deltas, wrist roll, pitch offset, gripper."""
+ACTION_MODES: dict[str, tuple[str, ...]] = {"ee": EE_ACTION_NAMES, "joint": JOINT_ACTION_NAMES}
+ACTION_NAMES: tuple[str, ...] = EE_ACTION_NAMES
+"""Action names of the default mode."""
+
+TCP_BOX = ((0.04, 0.36), (-0.22, 0.22), (0.0, 0.22))
+"""Bounds (m, base frame) of the ``ee`` mode's TCP target: the workspace plus a margin."""
+PITCH_OFFSET = 0.3
+"""Largest wrist pitch offset (rad) of the ``ee`` mode's ``wrist_pitch`` action."""
+
+
+def auto_pitch(x: float, y: float) -> float:
+    """Gripper tilt (rad) that keeps a top-down grasp reachable at radial distance r.
+
+    Vertical up to r = 0.265 m (as far as a vertical gripper reaches the table), then
+    tilting towards the base as the target gets farther. Vertical is best: a tilted hand
+    digs a pad corner into the table before the pads reach a low object.
+    """
+    return min(max((math.hypot(x, y) - 0.265) * 8.0, 0.0), 0.7)
 
 LIFT_HEIGHT = 0.05
 """Grasp-lift success height above the object's start (m)."""
@@ -86,8 +127,16 @@ class EnvConfig:
     """Policy/servo command rate (Hz); must divide into whole physics steps."""
     episode_seconds: float = 4.0
     """Episode duration (s)."""
+    action_mode: str = "ee"
+    """``ee`` (TCP target deltas through IK) or ``joint`` (joint target deltas)."""
     max_joint_delta: float = 0.06
-    """Largest arm joint target change per control step at action = +-1 (rad)."""
+    """Largest arm joint target change per control step at action = +-1 (rad), joint mode."""
+    max_tcp_delta: float = 0.012
+    """Largest TCP target change per control step and axis at action = +-1 (m), ee mode."""
+    settle_seconds: float = 0.4
+    """Longest time the object may settle on the table at reset before the episode starts
+    (it stops early once at rest): toppling meshes and rocking round objects come to rest
+    first, so the episode starts from a still object whose pose the policy sees."""
     home_noise: float = 0.02
     """Uniform noise on the initial arm joint positions (rad)."""
     reward_weights: dict[str, float] = dataclasses.field(
@@ -122,6 +171,14 @@ class EnvConfig:
             )
         if not 0.2 <= self.episode_seconds <= 60.0:
             raise ConfigError(f"episode_seconds={self.episode_seconds} outside [0.2, 60] s")
+        if self.action_mode not in ACTION_MODES:
+            raise UnknownNameError(
+                f"unknown action_mode {self.action_mode!r}; allowed: {list(ACTION_MODES)}"
+            )
+        if not 0.0 <= self.settle_seconds <= 2.0:
+            raise ConfigError(f"settle_seconds={self.settle_seconds} outside [0, 2] s")
+        if not 0.0 < self.max_tcp_delta <= 0.05:
+            raise ConfigError(f"max_tcp_delta={self.max_tcp_delta} outside (0, 0.05] m")
         if not 0.0 < self.max_joint_delta <= 0.5:
             raise ConfigError(f"max_joint_delta={self.max_joint_delta} outside (0, 0.5] rad")
         self.n_substeps = int(round(sub))
@@ -163,7 +220,13 @@ class GraspEnv(gym.Env):
         self._renderer: mujoco.Renderer | None = None
         n = len(OBS_NAMES)
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (n,), np.float32)
-        self.action_space = gym.spaces.Box(-1.0, 1.0, (len(ACTION_NAMES),), np.float32)
+        self.action_names: tuple[str, ...] = ACTION_MODES[self.config.action_mode]
+        """Action channel names of this env's action mode."""
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (len(self.action_names),), np.float32)
+        self._ee = self.config.action_mode == "ee"
+        self._tcp_target = np.zeros(3)
+        self._box_lo = np.array([b[0] for b in TCP_BOX])
+        self._box_hi = np.array([b[1] for b in TCP_BOX])
         self.task: TaskParams = TaskParams()
         self._lo = np.array(ARM.joint_lower[:5])
         self._hi = np.array(ARM.joint_upper[:5])
@@ -210,6 +273,7 @@ class GraspEnv(gym.Env):
         d.qpos[h.mirror_qpos] = home[5]
         d.ctrl[h.actuators] = home
         self._target = home.copy()
+        self._tcp_target = forward_tcp(home)
         if "object_pose" in options:
             x, y, yaw = (float(v) for v in options["object_pose"])
         else:
@@ -220,6 +284,8 @@ class GraspEnv(gym.Env):
         a = d.qpos[h.object_qpos : h.object_qpos + 7]
         a[:3] = (x, y, z)
         a[3:] = (math.cos(yaw / 2), 0.0, 0.0, math.sin(yaw / 2))
+        self._settle()
+        x, y, z = (float(v) for v in d.qpos[h.object_qpos : h.object_qpos + 3])
         self._obj_start = np.array([x, y, z])
         if self.config.task == "place":
             # Target on the table, away from the start so placing means carrying.
@@ -242,6 +308,28 @@ class GraspEnv(gym.Env):
         obs = self._observe()
         return obs, self._info(False, {k: 0.0 for k in REWARD_TERMS}, 0.0)
 
+    def _settle(self) -> None:
+        """Step physics until the object rests or time runs out; the arm is then put back
+        exactly where it started, so nothing about the object (how long it took to settle)
+        leaks into the robot's state."""
+        m, d, h = self.model, self.data, self.h
+        arm_q, arm_v = d.qpos.copy(), d.qvel.copy()
+        steps = int(round(self.config.settle_seconds / scene.PHYSICS_DT))
+        dof = self.h.object_dof
+        done = 0
+        while done < steps:
+            mujoco.mj_step(m, d, nstep=min(10, steps - done))
+            done += 10
+            # Slow enough that the object will not move noticeably during an episode.
+            if done >= 30 and float(np.abs(d.qvel[dof : dof + 6]).max()) < 2e-3:
+                break
+        oq = h.object_qpos
+        obj_q, obj_v = d.qpos[oq : oq + 7].copy(), d.qvel[dof : dof + 6].copy()
+        d.qpos[:], d.qvel[:] = arm_q, arm_v
+        d.qpos[oq : oq + 7], d.qvel[dof : dof + 6] = obj_q, obj_v
+        d.act[:] = 0.0
+        d.time = 0.0
+
     def set_task(self, task: TaskParams) -> None:
         """Write ``task`` into this env's private model (takes effect now)."""
         apply_task(self.model, task, self.h, self._nominal)
@@ -254,7 +342,7 @@ class GraspEnv(gym.Env):
         action = np.asarray(action, dtype=np.float32).reshape(-1)
         if action.shape != (6,):
             raise ValueError(
-                f"action must have 6 values (5 arm deltas + gripper), got shape {action.shape}"
+                f"action must have 6 values {self.action_names}, got shape {action.shape}"
             )
         if not np.all(np.isfinite(action)):
             raise ValueError(
@@ -268,9 +356,12 @@ class GraspEnv(gym.Env):
         applied = self._pending.popleft()
         cfg, m, d, h = self.config, self.model, self.data, self.h
         t = self._target
-        t[:5] = np.minimum(
-            np.maximum(t[:5] + applied[:5] * cfg.max_joint_delta, self._lo), self._hi
-        )
+        if self._ee:
+            t[:5] = self._ee_joint_targets(applied)
+        else:
+            t[:5] = np.minimum(
+                np.maximum(t[:5] + applied[:5] * cfg.max_joint_delta, self._lo), self._hi
+            )
         t[5] = _GRIP_LO + (float(applied[5]) + 1.0) * 0.5 * (_GRIP_HI - _GRIP_LO)
         d.ctrl[h.actuators] = t
         mujoco.mj_step(m, d, nstep=cfg.n_substeps)
@@ -290,6 +381,27 @@ class GraspEnv(gym.Env):
             truncated,
             self._info(success, terms, self._grip),
         )
+
+    def _ee_joint_targets(self, a: np.ndarray) -> np.ndarray:
+        """Arm servo targets for an ``ee`` action: move the TCP target, then solve IK.
+
+        The target integrates the deltas (not the measured TCP), so servo lag and latency
+        never feed back into the command: a constant action is a constant velocity.
+        """
+        tt = self._tcp_target
+        tt += a[:3] * self.config.max_tcp_delta
+        np.minimum(np.maximum(tt, self._box_lo), self._box_hi, out=tt)
+        pitch = auto_pitch(tt[0], tt[1]) + float(a[4]) * PITCH_OFFSET
+        sol = top_down_ik(tt, pitch=max(pitch, 0.0))
+        q = sol.q
+        if not sol.reachable:
+            # Anti-windup: pull the target back onto what the arm reaches, so pushing
+            # against the edge of the workspace never stores up motion to unwind later.
+            tt[:] = np.minimum(np.maximum(forward_tcp(q), self._box_lo), self._box_hi)
+        # Wrist roll straight from the action: the finger yaw relative to the arm's
+        # pointing direction, so it never wraps as the pan angle changes.
+        q[4] = float(a[3]) * (math.pi / 2)
+        return np.minimum(np.maximum(q, self._lo), self._hi)
 
     # --- evaluation -------------------------------------------------------------------
 

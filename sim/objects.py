@@ -32,6 +32,13 @@ MAX_HALF_WIDTH = 0.032
 MIN_HALF_HEIGHT = 0.010
 MAX_HALF_HEIGHT = 0.045
 
+TORSIONAL_FRICTION = 0.005
+"""Object torsional friction (m): resists spinning in a pinch."""
+ROLLING_FRICTION = 0.002
+"""Object rolling friction (m). Real objects stop rolling; without it spheres, capsules and
+toppled ellipsoids roll off the table at the lightest touch (MuJoCo applies it with
+``condim=6``)."""
+
 
 @dataclass(frozen=True)
 class MeshSpec:

@@ -17,7 +17,7 @@ import numpy as np
 from dm_control import mjcf
 
 from metagrasp.kinematics import ARM, ArmGeometry
-from metagrasp.sim.objects import MESHES, SHAPES
+from metagrasp.sim.objects import MESHES, ROLLING_FRICTION, SHAPES, TORSIONAL_FRICTION
 
 # Collision bits: an object collides with the table and the robot; the robot with the
 # table and the object; the robot never with itself (its links are too close to matter
@@ -26,8 +26,10 @@ _OBJECT, _TABLE, _ROBOT = 1, 2, 4
 
 TABLE_TOP = 0.0
 """Height of the table top (m); the arm's base stands on it at the origin."""
-WORKSPACE_X = (0.10, 0.30)
-"""Object initial x range in the base frame (m): a 20 cm deep patch in front of the arm."""
+PAD_HALF_HEIGHT = 0.022
+"""Half-height of the finger pads (m); they are centred on the TCP."""
+WORKSPACE_X = (0.10, 0.26)
+"""Object initial x range in the base frame (m): a 16 cm deep patch in front of the arm, all reachable with the gripper vertical."""
 WORKSPACE_Y = (-0.10, 0.10)
 """Object initial y range (m): 20 cm wide."""
 
@@ -134,7 +136,7 @@ def _arm_mjcf(root: mjcf.RootElement, arm: ArmGeometry) -> None:
     )
     tcp_z = -(arm.wrist_to_tcp - arm.wrist_to_roll)
     hand.add("site", name="tcp", pos=(0, 0, tcp_z), size=(0.004,), rgba=(1, 0, 0, 0.6), group=3)
-    pad_half = (0.011, 0.004, 0.022)
+    pad_half = (0.011, 0.004, PAD_HALF_HEIGHT)
     finger_len = -tcp_z - palm_h + pad_half[2]
     for side, sign in (("left", 1.0), ("right", -1.0)):
         finger = hand.add("body", name=f"finger_{side}", pos=(0, 0, -palm_h))
@@ -220,9 +222,9 @@ def _object_mjcf(root: mjcf.RootElement) -> None:
     common = dict(
         contype=0,
         conaffinity=0,
-        condim=4,
+        condim=6,
         priority=1,
-        friction=(0.8, 0.005, 0.0001),
+        friction=(0.8, TORSIONAL_FRICTION, ROLLING_FRICTION),
         rgba=(0.2, 0.5, 0.9, 0),
         group=2,
         mass=0,

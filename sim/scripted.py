@@ -13,9 +13,9 @@ import math
 
 import numpy as np
 
-from metagrasp.kinematics import ARM, top_down_ik
+from metagrasp.kinematics import ARM, forward_tcp, top_down_ik
 from metagrasp.sim import scene
-from metagrasp.sim.grasp_env import OBS_NAMES
+from metagrasp.sim.grasp_env import OBS_NAMES, TCP_BOX, EnvConfig, auto_pitch
 from metagrasp.sim.objects import half_extents
 from metagrasp.sim.tasks import TaskParams
 
@@ -29,12 +29,16 @@ def _yaw(qw: float, qz: float) -> float:
 class ScriptedGrasp:
     """Approach from above, descend, squeeze at a fixed level, then lift or carry.
 
+    The controller integrates its own command (a TCP target in ``ee`` mode, joint targets
+    in ``joint`` mode) exactly as the env does, instead of feeding back measured positions:
+    with 1-2 steps of servo latency a feedback law at this rate oscillates.
+
     Args:
         task: the episode's task (only its shape and size are used).
         kind: ``reach``, ``grasp-lift`` or ``place``.
         grip_force: squeeze to aim for (N): sets the finger target that far inside the
             object's visible half-width, through the gripper servo's stiffness.
-        max_joint_delta: the env's action scale (rad per step at action 1).
+        config: the env's configuration (action mode and action scales).
     """
 
     def __init__(
@@ -42,8 +46,9 @@ class ScriptedGrasp:
         task: TaskParams,
         kind: str = "grasp-lift",
         grip_force: float = 8.0,
-        max_joint_delta: float = 0.06,
+        config: EnvConfig | None = None,
     ) -> None:
+        self.cfg = config if config is not None else EnvConfig(task=kind)
         self.ext = half_extents(task.shape, task.size)
         self.kind = kind
         half_width = float(min(self.ext[0], self.ext[1]))
@@ -51,42 +56,48 @@ class ScriptedGrasp:
         finger = half_width - 2.0 * grip_force / scene.GRIPPER_KP
         lo, hi = scene.GRIPPER_CTRL_MIN, ARM.joint_upper[5]
         self.grip = float(np.clip(2.0 * (finger - lo) / (hi - lo) - 1.0, -1.0, 1.0))
-        self.scale = max_joint_delta
         self.phase = "approach"
         self.t = 0
-        self._roll = 0.0
+        self.t_close = 0
+        self._cmd: np.ndarray | None = None  # integrated command, set from the first obs
+        self._lo = np.array(ARM.joint_lower[:5])
+        self._hi = np.array(ARM.joint_upper[:5])
 
-    def __call__(self, obs: np.ndarray) -> np.ndarray:
-        q = obs[_I["q_shoulder_pan"] : _I["q_wrist_roll"] + 1].astype(float)
+    def _waypoint(self, obs: np.ndarray) -> tuple[np.ndarray, float, float]:
+        """(TCP target, finger yaw in the base frame, gripper action) for this step."""
         obj = obs[_I["obj_x"] : _I["obj_z"] + 1].astype(float)
-        rel = obs[_I["obj_rel_x"] : _I["obj_rel_z"] + 1].astype(float)
         goal = obs[_I["goal_x"] : _I["goal_z"] + 1].astype(float)
         yaw = _yaw(obs[_I["obj_qw"]], obs[_I["obj_qz"]])
         # Close across the object's narrow horizontal side.
         finger_yaw = yaw + (math.pi / 2 if self.ext[1] < self.ext[0] else 0.0)
         gripper = 1.0
         self.t += 1
-        # A slightly low grasp point on tall objects keeps the pads clear of the table.
-        grasp_z = max(obj[2], 0.012)
+        # Grasp at the object's centre, but keep the pads' lower edge clear of the table:
+        # pads dragging on the table stall the closing fingers.
+        grasp_z = max(obj[2], scene.PAD_HALF_HEIGHT + 0.003)
+        above = obj + (0, 0, 0.06)
         if self.phase == "approach":
-            target = obj + (0, 0, 0.07)
-            aligned = abs(q[4] - self._roll) < 0.05
-            if np.linalg.norm(rel + (0, 0, 0.07)) < 0.015 and aligned or self.t > 40:
+            target = above
+            if np.linalg.norm(self._tcp() - above) < 0.004 or self.t > 40:
                 self.phase = "descend"
-        elif self.phase == "descend":
+        if self.phase == "descend":
             target = np.array([obj[0], obj[1], grasp_z])
-            if (
-                abs(rel[2] - (grasp_z - obj[2])) < 0.008
-                and np.linalg.norm(rel[:2]) < 0.006
-                or self.t > 60
-            ):
+            if np.linalg.norm(self._tcp() - target) < 0.003 or self.t > 60:
+                self.phase, self.t_close = "settle", self.t
+        if self.phase == "settle":  # let the servos catch up with the command
+            target = np.array([obj[0], obj[1], grasp_z])
+            if self.t - self.t_close > 4:
                 self.phase, self.t_close = "close", self.t
         if self.phase == "close":
+            # Ramp the finger target down instead of slamming it: the servo's impact on
+            # contact, not just its steady squeeze, is what crushes a fragile object.
+            # The servo then closes the last millimetres slowly (a first-order approach
+            # with time constant kv/kp), so squeeze for a fixed second before lifting.
             target = np.array([obj[0], obj[1], grasp_z])
-            gripper = self.grip
-            if self.t - self.t_close > 12:
+            gripper = max(self.grip, 1.0 - 0.2 * (self.t - self.t_close))
+            if self.t - self.t_close > 25:
                 self.phase = "lift" if self.kind != "reach" else "hold"
-        if self.phase == "lift":
+        if self.phase in ("lift", "hold"):
             gripper = self.grip
             target = (
                 goal + (0, 0, 0.03)
@@ -95,12 +106,37 @@ class ScriptedGrasp:
             )
         if self.phase == "hold":
             target = np.array([obj[0], obj[1], grasp_z])
-        r = math.hypot(target[0], target[1])
-        pitch = float(np.clip((r - 0.24) * 8.0, 0.0, 0.6))
-        sol = top_down_ik(target, finger_yaw=finger_yaw, pitch=pitch)
-        self._roll = sol.q[4]
-        delta = (sol.q - q) / self.scale
-        return np.concatenate([np.clip(delta, -1, 1), [gripper]]).astype(np.float32)
+        return target, finger_yaw, gripper
+
+    def _tcp(self) -> np.ndarray:
+        """The commanded TCP position."""
+        if self.cfg.action_mode == "ee":
+            return self._cmd.copy()
+        return forward_tcp(self._cmd)
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        q = obs[_I["q_shoulder_pan"] : _I["q_wrist_roll"] + 1].astype(float)
+        if self._cmd is None:
+            self._cmd = forward_tcp(q) if self.cfg.action_mode == "ee" else q.copy()
+        target, finger_yaw, gripper = self._waypoint(obs)
+        if self.cfg.action_mode == "ee":
+            step = np.clip((target - self._cmd) / self.cfg.max_tcp_delta, -1.0, 1.0)
+            self._cmd = np.clip(self._cmd + step * self.cfg.max_tcp_delta, *_BOX)
+            pan = math.atan2(self._cmd[1], self._cmd[0])
+            rel = finger_yaw - math.pi / 2 - pan
+            roll = math.atan2(math.sin(rel), math.cos(rel))
+            roll = roll - math.pi if roll > math.pi / 2 else roll + math.pi if roll < -math.pi / 2 else roll
+            act = [*step, roll / (math.pi / 2), 0.0, gripper]
+        else:
+            pitch = auto_pitch(target[0], target[1])
+            sol = top_down_ik(target, finger_yaw=finger_yaw, pitch=pitch)
+            step = np.clip((sol.q - self._cmd) / self.cfg.max_joint_delta, -1.0, 1.0)
+            self._cmd = np.clip(self._cmd + step * self.cfg.max_joint_delta, self._lo, self._hi)
+            act = [*step, gripper]
+        return np.clip(np.asarray(act, np.float32), -1.0, 1.0)
+
+
+_BOX = (np.array([b[0] for b in TCP_BOX]), np.array([b[1] for b in TCP_BOX]))
 
 
 def run_episode(
@@ -117,9 +153,7 @@ def run_episode(
     obs, info = env.reset(seed=seed, options=options)
     base = env.unwrapped
     if policy is None:
-        policy = ScriptedGrasp(
-            base.task, base.config.task, max_joint_delta=base.config.max_joint_delta
-        )
+        policy = ScriptedGrasp(base.task, base.config.task, config=base.config)
     total, peak, steps = 0.0, 0.0, 0
     sums: dict[str, float] = {}
     while True:

@@ -30,7 +30,9 @@ from metagrasp.sim.objects import (
     MIN_HALF_HEIGHT,
     MIN_HALF_WIDTH,
     PRIMITIVES,
+    ROLLING_FRICTION,
     SHAPES,
+    TORSIONAL_FRICTION,
     half_extents,
     solid_inertia,
 )
@@ -465,7 +467,7 @@ def apply_task(
         # Keep the broad phase honest after resizing: bounding sphere and box.
         model.geom_rbound[gid] = float(np.linalg.norm(ext))
         model.geom_aabb[gid] = np.concatenate([np.zeros(3), ext])
-    model.geom_friction[gid] = (params.friction, 0.005, 0.0001)
+    model.geom_friction[gid] = (params.friction, TORSIONAL_FRICTION, ROLLING_FRICTION)
     model.geom_rgba[gid, :3] = _colour(params)
     b = handles.object_body
     model.body_mass[b] = params.mass

@@ -37,7 +37,14 @@ import gymnasium as gym
 import numpy as np
 
 from metagrasp.errors import ConfigError, TaskParamError
-from metagrasp.sim.grasp_env import ACTION_NAMES, OBS_NAMES, REWARD_TERMS, EnvConfig, GraspEnv
+from metagrasp.sim.grasp_env import (
+    ACTION_MODES,
+    ACTION_NAMES,
+    OBS_NAMES,
+    REWARD_TERMS,
+    EnvConfig,
+    GraspEnv,
+)
 from metagrasp.sim.tasks import PRIVILEGED_NAMES, TaskParams
 
 try:  # gymnasium >= 1.1 names its autoreset modes
@@ -345,7 +352,7 @@ class VectorGraspEnv(gym.vector.VectorEnv):
     obs_names: tuple[str, ...] = OBS_NAMES
     """Observation channel names."""
     action_names: tuple[str, ...] = ACTION_NAMES
-    """Action channel names (servo order)."""
+    """Action channel names of the config's action mode."""
 
     def __init__(
         self,
@@ -364,6 +371,7 @@ class VectorGraspEnv(gym.vector.VectorEnv):
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
             raise ConfigError(f"workers must be an integer >= 0 (0 = in-process), got {workers!r}")
         self.config = config if config is not None else EnvConfig(task=task, split=split)
+        self.action_names = ACTION_MODES[self.config.action_mode]
         self.num_envs = num_envs
         self.num_workers = min(workers, num_envs)
         self.single_observation_space = gym.spaces.Box(-np.inf, np.inf, (_OBS,), np.float32)
