@@ -109,6 +109,7 @@ def auto_pitch(x: float, y: float) -> float:
     """
     return min(max((math.hypot(x, y) - 0.265) * 8.0, 0.0), 0.7)
 
+
 LIFT_HEIGHT = 0.05
 """Grasp-lift success height above the object's start (m)."""
 CONTACT_FORCE = 0.2

@@ -29,7 +29,8 @@ TABLE_TOP = 0.0
 PAD_HALF_HEIGHT = 0.022
 """Half-height of the finger pads (m); they are centred on the TCP."""
 WORKSPACE_X = (0.10, 0.26)
-"""Object initial x range in the base frame (m): a 16 cm deep patch in front of the arm, all reachable with the gripper vertical."""
+"""Object initial x range in the base frame (m): a 16 cm deep patch in front of the arm,
+all of it reachable with the gripper vertical."""
 WORKSPACE_Y = (-0.10, 0.10)
 """Object initial y range (m): 20 cm wide."""
 

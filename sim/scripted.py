@@ -125,7 +125,11 @@ class ScriptedGrasp:
             pan = math.atan2(self._cmd[1], self._cmd[0])
             rel = finger_yaw - math.pi / 2 - pan
             roll = math.atan2(math.sin(rel), math.cos(rel))
-            roll = roll - math.pi if roll > math.pi / 2 else roll + math.pi if roll < -math.pi / 2 else roll
+            # Symmetric fingers: a half-turn is the same grasp, so take the smaller roll.
+            if roll > math.pi / 2:
+                roll -= math.pi
+            elif roll < -math.pi / 2:
+                roll += math.pi
             act = [*step, roll / (math.pi / 2), 0.0, gripper]
         else:
             pitch = auto_pitch(target[0], target[1])

@@ -7,8 +7,8 @@ from gymnasium.utils.env_checker import check_env
 
 import metagrasp.sim  # noqa: F401  (registers the envs)
 from metagrasp.errors import ConfigError, TaskParamError, UnknownNameError
-from metagrasp.sim import FAMILIES, make_env
 from metagrasp.kinematics import forward_tcp
+from metagrasp.sim import FAMILIES, make_env
 from metagrasp.sim.grasp_env import OBS_NAMES, TCP_BOX, EnvConfig, GraspEnv
 from metagrasp.sim.tasks import TaskParams, split_tasks
 
@@ -129,7 +129,8 @@ def test_ee_mode_moves_the_tcp_target_through_ik():
     for _ in range(5):
         env.step(push)
     d = env.config.max_tcp_delta
-    np.testing.assert_allclose(forward_tcp(env.data.ctrl[:5]), start + (5 * d, 0, -5 * d), atol=1e-6)
+    commanded = forward_tcp(env.data.ctrl[:5])
+    np.testing.assert_allclose(commanded, start + (5 * d, 0, -5 * d), atol=1e-6)
     for _ in range(15):
         env.step(np.zeros(6, np.float32))
     # The arm's servos settle near the commanded TCP: within their gravity sag (the servos
