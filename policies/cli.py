@@ -42,16 +42,33 @@ def run_train(args: argparse.Namespace) -> int:
     if args.seed is not None:
         overrides["run"]["seed"] = args.seed
     out = Path(args.out) if args.out else None
+    extend_to = None
     if args.resume:
         if out is None:
             raise ConfigError("--resume needs --out RUN_DIR (the run to continue)")
+        # A resumed run keeps its saved config; the one thing that may change is the
+        # budget, so a run that has not converged can be trained on.
+        extra = {f"{sec}.{k}" for sec, kv in overrides.items() for k in kv}
+        extra -= {"run.total_env_steps"}
+        if extra:
+            raise ConfigError(
+                "--resume keeps the run's saved config; only --set run.total_env_steps=N "
+                f"(to train longer) may change, got {sorted(extra)}"
+            )
+        extend_to = overrides["run"].get("total_env_steps")
         resolved: dict[str, Any] = {}
     else:
         resolved = resolve_config(args.algo, args.task, args.preset, args.config, overrides)
         if out is None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             out = Path("runs") / f"{args.algo}-{resolved['run']['task']}-{stamp}"
-    runner = Runner(resolved, out, resume=args.resume, progress_bar=not args.no_progress)
+    runner = Runner(
+        resolved,
+        out,
+        resume=args.resume,
+        progress_bar=not args.no_progress,
+        total_env_steps=extend_to,
+    )
     run = runner.resolved["run"]
     print(
         f"training {run['algo']} on {run['task']} ({run['preset']} preset, "

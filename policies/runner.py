@@ -169,6 +169,8 @@ class Runner:
         out: run directory (created; must be empty of another run unless resuming).
         resume: continue from ``out/checkpoints/last.pt`` with the saved config.
         progress_bar: show a tqdm bar on stderr.
+        total_env_steps: with ``resume``, a larger budget to train the run on to (saved
+            into its config.json); ``None`` keeps the saved budget.
     """
 
     def __init__(
@@ -177,6 +179,7 @@ class Runner:
         out: str | Path,
         resume: bool = False,
         progress_bar: bool = True,
+        total_env_steps: int | None = None,
     ) -> None:
         self.out = Path(out)
         self.ckpt_path = self.out / "checkpoints" / "last.pt"
@@ -189,6 +192,14 @@ class Runner:
             resolved = json.loads(saved.read_text())
             resolved = {"run": resolved["run"], "algo": resolved["algo"]}
             ckpt = load_checkpoint(self.ckpt_path, resolved["run"]["algo"])
+            if total_env_steps is not None:
+                done = int(ckpt["progress"]["env_steps"])
+                if total_env_steps <= done:
+                    raise ConfigError(
+                        f"run.total_env_steps={total_env_steps:,} is not beyond the "
+                        f"{done:,} steps already trained; give a larger budget"
+                    )
+                resolved["run"]["total_env_steps"] = int(total_env_steps)
         elif saved.exists():
             raise ConfigError(
                 f"{self.out} already holds a run; pass --resume to continue it or choose "

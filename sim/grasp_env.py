@@ -134,7 +134,7 @@ class EnvConfig:
     """Largest arm joint target change per control step at action = +-1 (rad), joint mode."""
     max_tcp_delta: float = 0.012
     """Largest TCP target change per control step and axis at action = +-1 (m), ee mode."""
-    settle_seconds: float = 0.4
+    settle_seconds: float = 1.5
     """Longest time the object may settle on the table at reset before the episode starts
     (it stops early once at rest): toppling meshes and rocking round objects come to rest
     first, so the episode starts from a still object whose pose the policy sees."""
@@ -189,10 +189,59 @@ class EnvConfig:
             raise ConfigError(f"unknown reward term(s) {sorted(unknown)}; allowed: {REWARD_TERMS}")
 
 
+_SETTLE_INTERVALS = (40, 70, 110)
+"""Physics steps between the velocity resets of the quasi-static settle at reset."""
 _GRIP_LO, _GRIP_HI = scene.GRIPPER_CTRL_MIN, ARM.joint_upper[5]
 _NOISY = np.r_[0:13, 23:26]
 _NOISE_SCALE = np.r_[np.ones(6), 5 * np.ones(6), 1.0, 0.5 * np.ones(3)]
 REWARD_TERMS = ("reach", "grasp", "lift", "hold", "place", "crush", "drop", "action_rate")
+
+
+def _quat_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Hamilton product of two (w, x, y, z) quaternions."""
+    aw, ax, ay, az = a
+    bw, bx, by, bz = b
+    return np.array(
+        [
+            aw * bw - ax * bx - ay * by - az * bz,
+            aw * bx + ax * bw + ay * bz - az * by,
+            aw * by - ax * bz + ay * bw + az * bx,
+            aw * bz + ax * by - ay * bx + az * bw,
+        ]
+    )
+
+
+def _resting_quat(task: TaskParams) -> np.ndarray:
+    """Object orientation (before yaw) in which a round shape rests where it is put.
+
+    A sphere, or a capsule lying on its side, placed with its centre of mass above its
+    centre balances on an unstable equilibrium, and an ellipsoid standing on a long axis
+    topples; either rolls away once the episode starts. Put down the way a person would
+    put it down (mass low, flattest side down), it rests where it is placed.
+    """
+    off = np.asarray(task.com_offset, float)
+    if task.shape == "sphere" and np.linalg.norm(off) > 1e-6:
+        v = off / np.linalg.norm(off)
+        axis = np.cross(v, (0.0, 0.0, -1.0))
+        angle = math.acos(float(np.clip(-v[2], -1.0, 1.0)))
+        n = np.linalg.norm(axis)
+        if n < 1e-9:  # already straight down, or straight up: turn about x
+            axis, n = np.array([1.0, 0.0, 0.0]), 1.0
+        axis = axis / n
+        return np.array([math.cos(angle / 2), *(math.sin(angle / 2) * axis)])
+    if task.shape == "capsule" and math.hypot(off[1], off[2]) > 1e-6:
+        # The capsule lies along x: roll about x until the (y, z) offset points down.
+        phi = math.atan2(off[1], off[2]) + math.pi
+        return np.array([math.cos(phi / 2), math.sin(phi / 2), 0.0, 0.0])
+    if task.shape == "ellipsoid":
+        # An ellipsoid only rests stably on the end of its shortest axis: turn that down.
+        shortest = int(np.argmin(task.size))
+        h = math.sqrt(0.5)
+        if shortest == 0:
+            return np.array([h, 0.0, h, 0.0])  # x down: a quarter turn about y
+        if shortest == 1:
+            return np.array([h, h, 0.0, 0.0])  # y down: a quarter turn about x
+    return np.array([1.0, 0.0, 0.0, 0.0])
 
 
 class GraspEnv(gym.Env):
@@ -284,7 +333,9 @@ class GraspEnv(gym.Env):
         z = scene.TABLE_TOP + float(half_extents(task.shape, task.size)[2]) + 5e-4
         a = d.qpos[h.object_qpos : h.object_qpos + 7]
         a[:3] = (x, y, z)
-        a[3:] = (math.cos(yaw / 2), 0.0, 0.0, math.sin(yaw / 2))
+        a[3:] = _quat_mul(
+            np.array([math.cos(yaw / 2), 0.0, 0.0, math.sin(yaw / 2)]), _resting_quat(task)
+        )
         self._settle()
         x, y, z = (float(v) for v in d.qpos[h.object_qpos : h.object_qpos + 3])
         self._obj_start = np.array([x, y, z])
@@ -317,12 +368,21 @@ class GraspEnv(gym.Env):
         arm_q, arm_v = d.qpos.copy(), d.qvel.copy()
         steps = int(round(self.config.settle_seconds / scene.PHYSICS_DT))
         dof = self.h.object_dof
-        done = 0
+        obj_v = d.qvel[dof : dof + 6]
+        # Quasi-static settling: let the object move from rest for a short interval, then
+        # take its velocity away, and repeat. A round object with an off-centre mass is a
+        # weeble that would rock for seconds; this walks it down to the same static
+        # equilibrium without the rocking. Interval lengths vary so that no object's
+        # rocking period can make the intervals resonate.
+        done, k = 0, 0
         while done < steps:
-            mujoco.mj_step(m, d, nstep=min(10, steps - done))
-            done += 10
-            # Slow enough that the object will not move noticeably during an episode.
-            if done >= 30 and float(np.abs(d.qvel[dof : dof + 6]).max()) < 2e-3:
+            n = min(_SETTLE_INTERVALS[k % len(_SETTLE_INTERVALS)], steps - done)
+            mujoco.mj_step(m, d, nstep=n)
+            done, k = done + n, k + 1
+            moving = float(np.abs(obj_v).max())
+            obj_v[:] = 0.0
+            # Slow enough (after moving freely from rest) that it is at equilibrium.
+            if k >= 3 and moving < 3e-3:
                 break
         oq = h.object_qpos
         obj_q, obj_v = d.qpos[oq : oq + 7].copy(), d.qvel[dof : dof + 6].copy()

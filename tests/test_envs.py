@@ -202,3 +202,18 @@ def test_render_rgb_array():
     assert frame.shape == (72, 96, 3) and frame.dtype == np.uint8
     assert frame.std() > 5  # a real image, not a blank buffer
     env.close()
+
+
+@pytest.mark.parametrize("split", ["train", "test", "hard"])
+def test_objects_start_at_rest(split):
+    """Objects settle before the episode: left alone, none drifts, topples or rolls away."""
+    env = GraspEnv(split=split)
+    tasks = split_tasks(split)[:8] if split != "train" else None
+    for i in range(8):
+        options = {"task": tasks[i]} if tasks else None
+        obs, _ = env.reset(seed=100 + i, options=options)
+        start = env.data.qpos[env.h.object_qpos : env.h.object_qpos + 3].copy()
+        for _ in range(25):  # one second with the gripper open, the arm still
+            env.step(np.array([0, 0, 0, 0, 0, 1], np.float32))
+        end = env.data.qpos[env.h.object_qpos : env.h.object_qpos + 3]
+        assert np.linalg.norm(end - start) < 3e-3, (split, i, env.task.shape, end - start)

@@ -167,6 +167,30 @@ def test_resume_of_a_finished_run_trains_no_more(runs, tmp_path, capsys):
     assert f"done: {done['iteration']} iterations" in capsys.readouterr().out
 
 
+def test_resume_with_a_larger_budget_trains_on(runs, tmp_path, capsys):
+    run = tmp_path / "ppo"
+    shutil.copytree(runs["ppo"], run)
+    done = load_checkpoint(run / "checkpoints" / "last.pt")["progress"]["env_steps"]
+    more = ["--set", f"run.total_env_steps={done + TINY}"]
+    assert main(["train", "--resume", "--out", str(run), "--no-progress", *more]) == 0
+    after = load_checkpoint(run / "checkpoints" / "last.pt")["progress"]["env_steps"]
+    assert after >= done + TINY
+    assert json.loads((run / "config.json").read_text())["run"]["total_env_steps"] == done + TINY
+    # Anything else in a resumed run's config stays as it was saved.
+    capsys.readouterr()
+    expect_error(
+        ["train", "--resume", "--out", str(run), "--set", "algo.lr=0.1"],
+        capsys,
+        "only --set run.total_env_steps",
+        "algo.lr",
+    )
+    expect_error(
+        ["train", "--resume", "--out", str(run), "--set", f"run.total_env_steps={done}"],
+        capsys,
+        "not beyond",
+    )
+
+
 # --- bad input: exit 2 and a message naming the problem -----------------------------------
 
 
