@@ -94,8 +94,10 @@ ACTION_MODES: dict[str, tuple[str, ...]] = {"ee": EE_ACTION_NAMES, "joint": JOIN
 ACTION_NAMES: tuple[str, ...] = EE_ACTION_NAMES
 """Action names of the default mode."""
 
-TCP_BOX = ((0.04, 0.36), (-0.22, 0.22), (0.0, 0.22))
-"""Bounds (m, base frame) of the ``ee`` mode's TCP target: the workspace plus a margin."""
+TCP_BOX = ((0.04, 0.36), (-0.22, 0.22), (scene.PAD_HALF_HEIGHT - 0.004, 0.22))
+"""Bounds (m, base frame) of the ``ee`` mode's TCP target: the workspace plus a margin.
+The floor lets the pads press 4 mm into the table and no further: a target far below what
+the table lets the hand reach would wind up, and lifting would first have to unwind it."""
 PITCH_OFFSET = 0.3
 """Largest wrist pitch offset (rad) of the ``ee`` mode's ``wrist_pitch`` action."""
 
