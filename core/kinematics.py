@@ -22,6 +22,7 @@ one coupled finger pair.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -116,14 +117,16 @@ def top_down_ik(
         The elbow-up solution, clipped to joint limits; ``reachable`` says whether the
         target was within the arm's reach.
     """
+    # Scalar math, not numpy: the env calls this every control step, and numpy's per-call
+    # overhead on single numbers costs more than the arithmetic.
     x, y, z = (float(v) for v in target)
-    pan = float(np.arctan2(y, x))
-    r = float(np.hypot(x, y))
+    pan = math.atan2(y, x)
+    r = math.hypot(x, y)
     # Gripper direction in the plane for total angle a = lift + elbow + wrist is
     # (-sin a, -cos a); the wrist axis sits wrist_to_tcp back along it.
     a = -pitch
-    wr = r + arm.wrist_to_tcp * np.sin(a)
-    wz = z + arm.wrist_to_tcp * np.cos(a)
+    wr = r + arm.wrist_to_tcp * math.sin(a)
+    wz = z + arm.wrist_to_tcp * math.cos(a)
     sr, sz = arm.shoulder
     dr, dz = wr - sr, wz - sz
     l1, l2 = arm.upper_arm, arm.forearm
@@ -132,27 +135,28 @@ def top_down_ik(
     c = (d2 - l1 * l1 - l2 * l2) / (2 * l1 * l2)
     if c > 1.0 or c < -1.0:
         reachable = False
-        c = float(np.clip(c, -1.0, 1.0))
+        c = min(max(c, -1.0), 1.0)
     # Upper arm u1 = (sin l, cos l), forearm u2 = (cos(l+e), -sin(l+e)) in (radial, height):
     # u1 . u2 = -sin(e), so |d|^2 = l1^2 + l2^2 - 2 l1 l2 sin(e) gives the elbow directly.
-    elbow = float(np.arcsin(-c))
+    elbow = math.asin(-c)
     # In the frame (u1, u1 rotated by -90 deg) the wrist sits at (l1 - l2 sin e, l2 cos e);
     # rotating that frame by `lift` must land on d, which fixes lift.
-    px = l1 - l2 * np.sin(elbow)
-    py = l2 * np.cos(elbow)
-    lift = float(np.arctan2(px * dr - py * dz, px * dz + py * dr))
+    px = l1 - l2 * math.sin(elbow)
+    py = l2 * math.cos(elbow)
+    lift = math.atan2(px * dr - py * dz, px * dz + py * dr)
     wrist = a - lift - elbow
     # At roll 0 the fingers close along the hand's y axis, i.e. at yaw pan + pi/2.
-    rel = finger_yaw - np.pi / 2 - pan
-    roll = float(np.arctan2(np.sin(rel), np.cos(rel)))
+    rel = finger_yaw - math.pi / 2 - pan
+    roll = math.atan2(math.sin(rel), math.cos(rel))
     # Fingers are symmetric: a half-turn is the same grasp, so pick the smaller roll.
-    if roll > np.pi / 2:
-        roll -= np.pi
-    elif roll < -np.pi / 2:
-        roll += np.pi
-    q = np.array([pan, lift, elbow, wrist, roll])
-    lo = np.asarray(arm.joint_lower[:5])
-    hi = np.asarray(arm.joint_upper[:5])
-    if np.any(q < lo) or np.any(q > hi):
-        reachable = False
-    return IKSolution(q=np.clip(q, lo, hi), reachable=reachable)
+    if roll > math.pi / 2:
+        roll -= math.pi
+    elif roll < -math.pi / 2:
+        roll += math.pi
+    q = []
+    limits = zip(arm.joint_lower[:5], arm.joint_upper[:5], strict=True)
+    for v, (lo, hi) in zip((pan, lift, elbow, wrist, roll), limits, strict=True):
+        if v < lo or v > hi:
+            reachable = False
+        q.append(min(max(v, lo), hi))
+    return IKSolution(q=np.array(q), reachable=reachable)

@@ -191,7 +191,7 @@ class EnvConfig:
             raise ConfigError(f"unknown reward term(s) {sorted(unknown)}; allowed: {REWARD_TERMS}")
 
 
-_SETTLE_INTERVALS = (40, 70, 110)
+_SETTLE_INTERVALS = (25, 50, 90)
 """Physics steps between the velocity resets of the quasi-static settle at reset."""
 _GRIP_LO, _GRIP_HI = scene.GRIPPER_CTRL_MIN, ARM.joint_upper[5]
 _NOISY = np.r_[0:13, 23:26]
@@ -384,7 +384,7 @@ class GraspEnv(gym.Env):
             moving = float(np.abs(obj_v).max())
             obj_v[:] = 0.0
             # Slow enough (after moving freely from rest) that it is at equilibrium.
-            if k >= 3 and moving < 3e-3:
+            if k >= 2 and moving < 3e-3:
                 break
         oq = h.object_qpos
         obj_q, obj_v = d.qpos[oq : oq + 7].copy(), d.qvel[dof : dof + 6].copy()
