@@ -17,17 +17,10 @@ import sys
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The same options as ``metagrasp sim-bench``."""
+    from metagrasp.cli import add_sim_bench_args
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--task", default="grasp-lift", help="reach, grasp-lift or place")
-    p.add_argument("--seconds", type=float, default=3.0, help="time budget per measurement")
-    p.add_argument("--num-envs", type=int, default=16, help="vector env members")
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=None,
-        help="worker processes of the all-cores run (default: all cores)",
-    )
-    p.add_argument("--json", metavar="FILE", default=None, help="also write results as JSON")
+    add_sim_bench_args(p)
     return p.parse_args(argv)
 
 

@@ -23,6 +23,20 @@ def _cmd_envs(args: argparse.Namespace) -> int:
     return run_envs(args)
 
 
+def add_sim_bench_args(p: argparse.ArgumentParser) -> None:
+    """The options of ``metagrasp sim-bench`` (also used by ``benchmarks/sim_bench.py``)."""
+    p.add_argument("--task", default="grasp-lift", help="task family (see `metagrasp envs`)")
+    p.add_argument("--seconds", type=float, default=3.0, help="time budget per measurement")
+    p.add_argument("--num-envs", type=int, default=16, help="vector env members")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="worker processes for the vector env (default: all cores)",
+    )
+    p.add_argument("--json", metavar="FILE", default=None, help="also write results as JSON")
+
+
 def _cmd_sim_bench(args: argparse.Namespace) -> int:
     from metagrasp.sim.cli import run_sim_bench
 
@@ -82,16 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the Gymnasium env's physics steps/s on one thread, and the vector env's "
         "physics steps/s on 1 and on all cores.",
     )
-    p.add_argument("--task", default="grasp-lift", help="task family (see `metagrasp envs`)")
-    p.add_argument("--seconds", type=float, default=3.0, help="time budget per measurement")
-    p.add_argument("--num-envs", type=int, default=16, help="vector env members")
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=None,
-        help="worker processes for the vector env (default: all cores)",
-    )
-    p.add_argument("--json", metavar="FILE", default=None, help="also write results as JSON")
+    add_sim_bench_args(p)
     p.set_defaults(handler=_cmd_sim_bench)
 
     p = sub.add_parser(

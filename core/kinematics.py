@@ -98,6 +98,21 @@ def forward_tcp(q: np.ndarray, arm: ArmGeometry = ARM) -> np.ndarray:
     return np.array([r * np.cos(pan), r * np.sin(pan), z])
 
 
+def wrist_roll(finger_yaw: float, pan: float) -> float:
+    """Wrist roll (rad, within +-pi/2) that closes the fingers along ``finger_yaw``.
+
+    At roll 0 the fingers close along the hand's y axis, i.e. at yaw ``pan + pi/2``. The
+    fingers are symmetric, so a half-turn is the same grasp: the smaller roll is returned.
+    """
+    rel = finger_yaw - math.pi / 2 - pan
+    roll = math.atan2(math.sin(rel), math.cos(rel))
+    if roll > math.pi / 2:
+        roll -= math.pi
+    elif roll < -math.pi / 2:
+        roll += math.pi
+    return roll
+
+
 def top_down_ik(
     target: np.ndarray,
     finger_yaw: float = 0.0,
@@ -145,14 +160,7 @@ def top_down_ik(
     py = l2 * math.cos(elbow)
     lift = math.atan2(px * dr - py * dz, px * dz + py * dr)
     wrist = a - lift - elbow
-    # At roll 0 the fingers close along the hand's y axis, i.e. at yaw pan + pi/2.
-    rel = finger_yaw - math.pi / 2 - pan
-    roll = math.atan2(math.sin(rel), math.cos(rel))
-    # Fingers are symmetric: a half-turn is the same grasp, so pick the smaller roll.
-    if roll > math.pi / 2:
-        roll -= math.pi
-    elif roll < -math.pi / 2:
-        roll += math.pi
+    roll = wrist_roll(finger_yaw, pan)
     q = []
     limits = zip(arm.joint_lower[:5], arm.joint_upper[:5], strict=True)
     for v, (lo, hi) in zip((pan, lift, elbow, wrist, roll), limits, strict=True):

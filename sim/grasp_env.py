@@ -50,6 +50,7 @@ from metagrasp.sim.tasks import (
     NominalDynamics,
     TaskParams,
     apply_task,
+    check_reset_options,
     check_split,
     sample_task,
 )
@@ -98,6 +99,10 @@ TCP_BOX = ((0.04, 0.36), (-0.22, 0.22), (scene.PAD_HALF_HEIGHT - 0.004, 0.22))
 """Bounds (m, base frame) of the ``ee`` mode's TCP target: the workspace plus a margin.
 The floor lets the pads press 4 mm into the table and no further: a target far below what
 the table lets the hand reach would wind up, and lifting would first have to unwind it."""
+TCP_LO = np.array([b[0] for b in TCP_BOX])
+"""Lower corner of :data:`TCP_BOX` as an array."""
+TCP_HI = np.array([b[1] for b in TCP_BOX])
+"""Upper corner of :data:`TCP_BOX` as an array."""
 PITCH_OFFSET = 0.3
 """Largest wrist pitch offset (rad) of the ``ee`` mode's ``wrist_pitch`` action."""
 
@@ -277,8 +282,6 @@ class GraspEnv(gym.Env):
         self.action_space = gym.spaces.Box(-1.0, 1.0, (len(self.action_names),), np.float32)
         self._ee = self.config.action_mode == "ee"
         self._tcp_target = np.zeros(3)
-        self._box_lo = np.array([b[0] for b in TCP_BOX])
-        self._box_hi = np.array([b[1] for b in TCP_BOX])
         self.task: TaskParams = TaskParams()
         self._lo = np.array(ARM.joint_lower[:5])
         self._hi = np.array(ARM.joint_upper[:5])
@@ -301,12 +304,7 @@ class GraspEnv(gym.Env):
         options: dict[str, Any] | None = None,
     ) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
-        options = dict(options or {})
-        unknown = set(options) - {"task", "object_pose"}
-        if unknown:
-            raise ConfigError(
-                f"unknown reset option(s) {sorted(unknown)}; allowed: 'task', 'object_pose'"
-            )
+        options = check_reset_options(options, ("task", "object_pose"))
         task = options.get("task")
         if task is None:
             task = sample_task(self.np_random, self.config.split)
@@ -453,14 +451,14 @@ class GraspEnv(gym.Env):
         """
         tt = self._tcp_target
         tt += a[:3] * self.config.max_tcp_delta
-        np.minimum(np.maximum(tt, self._box_lo), self._box_hi, out=tt)
+        np.minimum(np.maximum(tt, TCP_LO), TCP_HI, out=tt)
         pitch = auto_pitch(tt[0], tt[1]) + float(a[4]) * PITCH_OFFSET
         sol = top_down_ik(tt, pitch=max(pitch, 0.0))
         q = sol.q
         if not sol.reachable:
             # Anti-windup: pull the target back onto what the arm reaches, so pushing
             # against the edge of the workspace never stores up motion to unwind later.
-            tt[:] = np.minimum(np.maximum(forward_tcp(q), self._box_lo), self._box_hi)
+            tt[:] = np.minimum(np.maximum(forward_tcp(q), TCP_LO), TCP_HI)
         # Wrist roll straight from the action: the finger yaw relative to the arm's
         # pointing direction, so it never wraps as the pan angle changes.
         q[4] = float(a[3]) * (math.pi / 2)

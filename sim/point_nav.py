@@ -55,8 +55,8 @@ import gymnasium as gym
 import numpy as np
 
 from metagrasp.errors import ConfigError, TaskParamError, UnknownNameError
-from metagrasp.sim.tasks import SPLITS, check_split
-from metagrasp.sim.vector import _SAME_STEP, member_seeds
+from metagrasp.sim.tasks import SPLITS, check_reset_options, check_split
+from metagrasp.sim.vector import _SAME_STEP, begin_vector_reset
 
 OBS_NAMES: tuple[str, ...] = ("x", "y")
 """Observation layout: the point's position."""
@@ -317,10 +317,7 @@ class PointNavEnv(gym.Env):
         options: dict[str, Any] | None = None,
     ) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
-        options = dict(options or {})
-        unknown = set(options) - {"task"}
-        if unknown:
-            raise ConfigError(f"unknown reset option(s) {sorted(unknown)}; allowed: 'task'")
+        options = check_reset_options(options, ("task",))
         task = options.get("task")
         if task is None:
             task = sample_task(self.np_random, self.config.split)
@@ -435,18 +432,7 @@ class VectorPointNavEnv(gym.vector.VectorEnv):
         options: dict[str, Any] | None = None,
     ) -> tuple[np.ndarray, dict[str, Any]]:
         """Reset every member; see the class docstring. ``options`` may hold ``tasks``."""
-        self._check_open()
-        options = dict(options or {})
-        unknown = set(options) - {"tasks"}
-        if unknown:
-            raise ConfigError(f"unknown reset option(s) {sorted(unknown)}; allowed: 'tasks'")
-        if tasks is None:
-            tasks = options.get("tasks")
-        if tasks is not None:
-            self.set_tasks(tasks)
-        if seed is None and self._first_seed is not None:
-            seed, self._first_seed = self._first_seed, None
-        seeds = self._member_seeds(seed)
+        seeds = begin_vector_reset(self, seed, tasks, options)
         for i, s in enumerate(seeds):
             self._reset_member(i, s)
         self._needs_reset = False
@@ -566,9 +552,6 @@ class VectorPointNavEnv(gym.vector.VectorEnv):
     def _check_open(self) -> None:
         if self.closed:
             raise RuntimeError("this VectorPointNavEnv is closed; create a new one")
-
-    def _member_seeds(self, seed: int | Sequence[int | None] | None) -> list[int | None]:
-        return member_seeds(seed, self.num_envs)
 
     def _reset_member(self, i: int, seed: int | None) -> None:
         """What :meth:`PointNavEnv.reset` does, for member ``i``."""

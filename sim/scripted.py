@@ -13,9 +13,9 @@ import math
 
 import numpy as np
 
-from metagrasp.kinematics import ARM, forward_tcp, top_down_ik
+from metagrasp.kinematics import ARM, forward_tcp, top_down_ik, wrist_roll
 from metagrasp.sim import scene
-from metagrasp.sim.grasp_env import OBS_NAMES, TCP_BOX, EnvConfig, auto_pitch
+from metagrasp.sim.grasp_env import OBS_NAMES, TCP_HI, TCP_LO, EnvConfig, auto_pitch
 from metagrasp.sim.objects import half_extents
 from metagrasp.sim.tasks import TaskParams
 
@@ -121,15 +121,8 @@ class ScriptedGrasp:
         target, finger_yaw, gripper = self._waypoint(obs)
         if self.cfg.action_mode == "ee":
             step = np.clip((target - self._cmd) / self.cfg.max_tcp_delta, -1.0, 1.0)
-            self._cmd = np.clip(self._cmd + step * self.cfg.max_tcp_delta, *_BOX)
-            pan = math.atan2(self._cmd[1], self._cmd[0])
-            rel = finger_yaw - math.pi / 2 - pan
-            roll = math.atan2(math.sin(rel), math.cos(rel))
-            # Symmetric fingers: a half-turn is the same grasp, so take the smaller roll.
-            if roll > math.pi / 2:
-                roll -= math.pi
-            elif roll < -math.pi / 2:
-                roll += math.pi
+            self._cmd = np.clip(self._cmd + step * self.cfg.max_tcp_delta, TCP_LO, TCP_HI)
+            roll = wrist_roll(finger_yaw, math.atan2(self._cmd[1], self._cmd[0]))
             act = [*step, roll / (math.pi / 2), 0.0, gripper]
         else:
             pitch = auto_pitch(target[0], target[1])
@@ -138,9 +131,6 @@ class ScriptedGrasp:
             self._cmd = np.clip(self._cmd + step * self.cfg.max_joint_delta, self._lo, self._hi)
             act = [*step, gripper]
         return np.clip(np.asarray(act, np.float32), -1.0, 1.0)
-
-
-_BOX = (np.array([b[0] for b in TCP_BOX]), np.array([b[1] for b in TCP_BOX]))
 
 
 def run_episode(

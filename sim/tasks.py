@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from metagrasp.errors import TaskParamError, UnknownNameError
+from metagrasp.errors import ConfigError, TaskParamError, UnknownNameError
 from metagrasp.sim.objects import (
     MAX_HALF_HEIGHT,
     MAX_HALF_WIDTH,
@@ -393,6 +393,18 @@ def check_split(split: str) -> str:
     if split not in SPLITS:
         raise UnknownNameError(f"unknown split {split!r}; allowed: {list(SPLITS)}")
     return split
+
+
+def check_reset_options(options: dict[str, Any] | None, allowed: tuple[str, ...]) -> dict:
+    """A copy of an env's ``reset(options=...)``; raises ConfigError on unknown keys."""
+    options = dict(options or {})
+    unknown = set(options) - set(allowed)
+    if unknown:
+        raise ConfigError(
+            f"unknown reset option(s) {sorted(unknown)}; allowed: "
+            + ", ".join(repr(a) for a in allowed)
+        )
+    return options
 
 
 def sample_task(rng: np.random.Generator, split: str = "train") -> TaskParams:

@@ -45,7 +45,7 @@ from metagrasp.sim.grasp_env import (
     EnvConfig,
     GraspEnv,
 )
-from metagrasp.sim.tasks import PRIVILEGED_NAMES, TaskParams
+from metagrasp.sim.tasks import PRIVILEGED_NAMES, TaskParams, check_reset_options
 
 try:  # gymnasium >= 1.1 names its autoreset modes
     from gymnasium.vector import AutoresetMode
@@ -117,6 +117,26 @@ def member_seed(seed: int, index: int) -> int:
     and 1 do not share N - 1 members' streams.
     """
     return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0])
+
+
+def begin_vector_reset(
+    env: Any,
+    seed: int | Sequence[int | None] | None,
+    tasks: Sequence[Any] | None,
+    options: dict[str, Any] | None,
+) -> list[int | None]:
+    """The common start of a batched env's ``reset``: check it is open and the options,
+    set the tasks given (as an argument or ``options["tasks"]``), use the constructor's
+    seed on the first reset, and return the per-member seeds."""
+    env._check_open()
+    options = check_reset_options(options, ("tasks",))
+    if tasks is None:
+        tasks = options.get("tasks")
+    if tasks is not None:
+        env.set_tasks(tasks)
+    if seed is None and env._first_seed is not None:
+        seed, env._first_seed = env._first_seed, None
+    return member_seeds(seed, env.num_envs)
 
 
 def member_seeds(seed: int | Sequence[int | None] | None, n: int) -> list[int | None]:
@@ -434,18 +454,7 @@ class VectorGraspEnv(gym.vector.VectorEnv):
         options: dict[str, Any] | None = None,
     ) -> tuple[np.ndarray, dict[str, Any]]:
         """Reset every member; see the class docstring. ``options`` may hold ``tasks``."""
-        self._check_open()
-        options = dict(options or {})
-        unknown = set(options) - {"tasks"}
-        if unknown:
-            raise ConfigError(f"unknown reset option(s) {sorted(unknown)}; allowed: 'tasks'")
-        if tasks is None:
-            tasks = options.get("tasks")
-        if tasks is not None:
-            self.set_tasks(tasks)
-        if seed is None and self._first_seed is not None:
-            seed, self._first_seed = self._first_seed, None
-        seeds = self._member_seeds(seed)
+        seeds = begin_vector_reset(self, seed, tasks, options)
         self._needs_reset = True
         self._dispatch("reset", [seeds[lo:hi] for lo, hi in self._bounds])
         self._needs_reset = False
@@ -560,9 +569,6 @@ class VectorGraspEnv(gym.vector.VectorEnv):
     def _check_open(self) -> None:
         if self.closed:
             raise RuntimeError("this VectorGraspEnv is closed; create a new one")
-
-    def _member_seeds(self, seed: int | Sequence[int | None] | None) -> list[int | None]:
-        return member_seeds(seed, self.num_envs)
 
     def _dispatch(self, cmd: str, per_chunk: list[Any] | None) -> list[Any]:
         """Run ``cmd`` on every chunk (argument per chunk) and return their results."""

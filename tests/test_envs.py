@@ -9,7 +9,7 @@ import metagrasp.sim  # noqa: F401  (registers the envs)
 from metagrasp.errors import ConfigError, TaskParamError, UnknownNameError
 from metagrasp.kinematics import forward_tcp
 from metagrasp.sim import FAMILIES, make_env
-from metagrasp.sim.grasp_env import OBS_NAMES, TCP_BOX, EnvConfig, GraspEnv
+from metagrasp.sim.grasp_env import OBS_NAMES, TCP_HI, TCP_LO, EnvConfig, GraspEnv
 from metagrasp.sim.tasks import TaskParams, split_tasks
 
 ENV_IDS = [f.env_id for f in FAMILIES.values()]
@@ -147,7 +147,7 @@ def test_ee_target_stays_in_its_box_and_in_reach(push):
     env.reset(seed=0)
     for _ in range(60):
         env.step(np.array([*push, 0, 0, 1], np.float32))
-    lo, hi = (np.array([b[i] for b in TCP_BOX]) for i in (0, 1))
+    lo, hi = TCP_LO, TCP_HI
     target = env.unwrapped._tcp_target
     assert np.all(target >= lo - 1e-12) and np.all(target <= hi + 1e-12)
     # Where the box edge and the reach limit meet, the two clamps agree within mm.

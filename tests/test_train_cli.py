@@ -24,13 +24,7 @@ TINY = 800  # env steps: one PPO/CAVIA iteration with the quick preset's 40 memb
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    # Tiny networks on a loaded 2-core machine are ~100x slower with 2 torch threads.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def train_args(algo: str, out: Path, *extra: str, task: str = "point-nav") -> list[str]:

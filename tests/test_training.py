@@ -55,13 +55,7 @@ SMALL_ALGO = {
 """Cheap hyper-parameters, each applied to the algorithms that have the field."""
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    # Tiny networks on a loaded 2-core machine are ~100x slower with 2 torch threads.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_config(algo: str, seed: int = 0, **run: Any) -> dict[str, Any]:
