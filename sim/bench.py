@@ -18,6 +18,7 @@ Targets (from the issue): env >= 70 % of raw mj_step; all cores >= 1.7x one core
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -46,40 +47,48 @@ def _record(
     task: TaskParams,
     rng: np.random.Generator,
     episodes: int,
-) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Episodes of the env under random actions: (start state, ctrl per step, end qpos)."""
+) -> tuple[int, list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]]:
+    """Episodes of the env under random actions: (start state, ctrl per step, gripper
+    force limit per step, end qpos). The env sets the gripper's current limit every step,
+    so a replay that is to retrace the episode sets it too."""
     m, d = env.model, env.data
+    grip = env.h.actuators[5]
     out = []
     for _ in range(episodes):
         env.reset(seed=int(rng.integers(2**31)), options={"task": task})
         state = np.empty(mujoco.mj_stateSize(m, _STATE))
         mujoco.mj_getState(m, d, state, _STATE)
-        ctrls = []
+        ctrls, limits = [], []
         done = False
         while not done:
             _, _, term, trunc, _ = env.step(rng.uniform(-1, 1, 6).astype(np.float32))
             ctrls.append(d.ctrl.copy())
+            limits.append(m.actuator_forcerange[grip].copy())
             done = term or trunc
-        out.append((state, np.array(ctrls), d.qpos.copy()))
-    return out
+        out.append((state, np.array(ctrls), np.array(limits), d.qpos.copy()))
+    return (grip, out)
 
 
 def _replay(
-    m: mujoco.MjModel, d: mujoco.MjData, episodes: list, nsub: int, batched: bool, seconds: float
+    m: mujoco.MjModel, d: mujoco.MjData, episodes: tuple, nsub: int, batched: bool, seconds: float
 ) -> tuple[int, float, bool]:
     """Replay recorded episodes until ``seconds`` pass; (physics steps, elapsed, exact)."""
     steps, exact = 0, True
+    grip, recorded = episodes
+    limit = m.actuator_forcerange[grip]
     t0 = time.perf_counter()
     while True:
-        for state, ctrls, end_qpos in episodes:
+        for state, ctrls, limits, end_qpos in recorded:
             mujoco.mj_setState(m, d, state, _STATE)
             if batched:
-                for c in ctrls:
+                for c, f in zip(ctrls, limits, strict=True):
                     d.ctrl[:] = c
+                    limit[:] = f
                     mujoco.mj_step(m, d, nstep=nsub)
             else:
-                for c in ctrls:
+                for c, f in zip(ctrls, limits, strict=True):
                     d.ctrl[:] = c
+                    limit[:] = f
                     for _ in range(nsub):
                         mujoco.mj_step(m, d)
             steps += len(ctrls) * nsub
@@ -92,16 +101,18 @@ def _replay(
 
 def _raw_threads(
     m: mujoco.MjModel,
-    episodes: list,
+    episodes: tuple,
     nsub: int,
     workers: int,
     seconds: float,
 ) -> float:
-    """Aggregate physics steps/s of ``workers`` threads replaying on their own MjData."""
+    """Aggregate physics steps/s of ``workers`` threads replaying on their own MjModel and
+    MjData (the replay writes the gripper's force limit into the model)."""
     results: list[tuple[int, float, bool]] = [(0, 1.0, True)] * workers
+    models = [copy.deepcopy(m) for _ in range(workers)]
 
     def run(k: int) -> None:
-        results[k] = _replay(m, mujoco.MjData(m), episodes, nsub, True, seconds)
+        results[k] = _replay(models[k], mujoco.MjData(models[k]), episodes, nsub, True, seconds)
 
     threads = [threading.Thread(target=run, args=(k,)) for k in range(workers)]
     for t in threads:
@@ -270,7 +281,7 @@ def run_sim_bench(
             "workers_all": all_workers,
             "n_substeps": nsub,
             "seed": seed,
-            "recorded_episodes": len(episodes),
+            "recorded_episodes": len(episodes[1]),
         },
         "rows": rows,
         "ratios": ratios,

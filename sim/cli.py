@@ -28,7 +28,7 @@ SPLIT_NOTES = {
     "test": f"{len(split_tasks('test'))} fixed tasks: held-out shapes {list(HELD_OUT_SHAPES)}"
     f" or masses in {list(HELD_OUT_MASS)} kg",
     "hard": f"{len(split_tasks('hard'))} fixed tasks: mass {list(HARD_MASS)} kg, friction "
-    f"{list(HARD_FRICTION)} or crush limit {list(HARD_CRUSH)} N",
+    f"{list(HARD_FRICTION)} or crush limit {list(HARD_CRUSH)} x the grip lifting needs",
 }
 
 

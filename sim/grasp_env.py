@@ -16,8 +16,11 @@ Contract:
       - ``"joint"`` (:data:`JOINT_ACTION_NAMES`): bounded joint-position deltas for the 5
         arm servos (``max_joint_delta`` rad per step at full scale) and the gripper target.
 
-      The gripper target is absolute in both modes: -1 = squeeze past closed, +1 = fully
-      open. Either way the servos get position targets, exactly what a servo bus accepts.
+      The gripper action is absolute in both modes and runs the gripper servo in
+      current-based position control (Dynamixel operating mode 5; a torque limit on
+      Feetech STS): a value g > 0 closes the fingers at the servo's speed and squeezes
+      with at most ``g`` x 20 N per pad; g <= 0 opens them. The arm servos get position
+      targets, exactly what a servo bus accepts.
     * ``reset(seed=, options={"task": TaskParams | dict, "object_pose": (x, y, yaw)})``
       sets the task; without a task one is drawn from the env's split. The object is put
       down at ``object_pose`` and allowed to come to rest (``settle_seconds``) before the
@@ -198,7 +201,7 @@ class EnvConfig:
 
 _SETTLE_INTERVALS = (25, 50, 90)
 """Physics steps between the velocity resets of the quasi-static settle at reset."""
-_GRIP_LO, _GRIP_HI = scene.GRIPPER_CTRL_MIN, ARM.joint_upper[5]
+_GRIP_CLOSED, _GRIP_OPEN = scene.GRIPPER_CTRL_MIN, ARM.joint_upper[5]
 _NOISY = np.r_[0:13, 23:26]
 _NOISE_SCALE = np.r_[np.ones(6), 5 * np.ones(6), 1.0, 0.5 * np.ones(3)]
 REWARD_TERMS = ("reach", "grasp", "lift", "hold", "place", "crush", "drop", "action_rate")
@@ -323,6 +326,9 @@ class GraspEnv(gym.Env):
         d.qpos[h.mirror_qpos] = home[5]
         d.ctrl[h.actuators] = home
         self._target = home.copy()
+        self._grip_target = float(home[5])
+        full = scene.GRIPPER_FORCE * task.actuator_gain  # not the last episode's squeeze
+        m.actuator_forcerange[h.actuators[5]] = (-full, full)
         self._tcp_target = forward_tcp(home)
         if "object_pose" in options:
             x, y, yaw = (float(v) for v in options["object_pose"])
@@ -423,7 +429,7 @@ class GraspEnv(gym.Env):
             t[:5] = np.minimum(
                 np.maximum(t[:5] + applied[:5] * cfg.max_joint_delta, self._lo), self._hi
             )
-        t[5] = _GRIP_LO + (float(applied[5]) + 1.0) * 0.5 * (_GRIP_HI - _GRIP_LO)
+        t[5] = self._gripper(float(applied[5]))
         d.ctrl[h.actuators] = t
         mujoco.mj_step(m, d, nstep=cfg.n_substeps)
         self._steps += 1
@@ -442,6 +448,23 @@ class GraspEnv(gym.Env):
             truncated,
             self._info(success, terms, self._grip),
         )
+
+    def _gripper(self, g: float) -> float:
+        """Gripper servo target for action ``g``; sets its current (force) limit too.
+
+        Current-based position control with a profile velocity: the target moves at the
+        servo's speed towards past-closed (or fully open) and the current limit caps the
+        squeeze, so the fingers meet the object gently and then press with the commanded
+        force whatever the object's width. The hidden actuator gain scales the force a
+        command delivers, as a motor's torque constant and gear losses do on a real servo.
+        """
+        full = scene.GRIPPER_FORCE * self.task.actuator_gain
+        limit = full * g if g > 0.0 else full
+        self.model.actuator_forcerange[self.h.actuators[5]] = (-limit, limit)
+        goal = _GRIP_CLOSED if g > 0.0 else _GRIP_OPEN
+        step = scene.GRIPPER_SPEED / self.config.control_hz
+        self._grip_target = min(max(goal, self._grip_target - step), self._grip_target + step)
+        return self._grip_target
 
     def _ee_joint_targets(self, a: np.ndarray) -> np.ndarray:
         """Arm servo targets for an ``ee`` action: move the TCP target, then solve IK.

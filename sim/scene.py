@@ -46,14 +46,20 @@ ARM_FORCE = 3.0
 ARM_ARMATURE = 0.01
 ARM_DAMPING = 0.3
 GRIPPER_KP = 2000.0
-GRIPPER_KV = 600.0
-"""Gripper velocity gain: high, like a geared servo, so fingers close at about 7 cm/s
-(40 N / 600 N s/m) and touch the object without a hammer blow."""
+GRIPPER_KV = 50.0
+"""Gripper velocity gain: about critical damping of the fingers. It must stay small: the
+implicit integrator keeps this damping even while the force limit clamps the actuator,
+so a large value would make a current-limited finger creep at (limit / kv) m/s."""
+GRIPPER_SPEED = 0.07
+"""Finger speed (m/s) of the gripper servo's profile velocity: the position target moves
+towards open or closed at this rate, so the fingers meet the object without a blow."""
 GRIPPER_FORCE = 40.0
 """Largest force of the gripper servo on the finger tendon (N); each pad gets half, so the
 largest squeeze on an object is 20 N."""
-GRIPPER_CTRL_MIN = -0.012
-"""Finger target below the closed stop (m): lets the servo squeeze thin objects hard."""
+GRIPPER_CTRL_MIN = -0.02
+"""Finger target below the closed stop (m), where a closing command aims: far enough that
+the position loop (kp x error) always exceeds the current limit on the thinnest object, so
+the limit alone sets the squeeze."""
 GRIPPER_ARMATURE = 0.05
 GRIPPER_DAMPING = 2.0
 

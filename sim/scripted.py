@@ -17,7 +17,7 @@ from metagrasp.kinematics import ARM, forward_tcp, top_down_ik, wrist_roll
 from metagrasp.sim import scene
 from metagrasp.sim.grasp_env import OBS_NAMES, TCP_HI, TCP_LO, EnvConfig, auto_pitch
 from metagrasp.sim.objects import half_extents
-from metagrasp.sim.tasks import TaskParams
+from metagrasp.sim.tasks import GRIP_FORCE_MAX, TaskParams
 
 _I = {n: i for i, n in enumerate(OBS_NAMES)}
 
@@ -36,8 +36,7 @@ class ScriptedGrasp:
     Args:
         task: the episode's task (only its shape and size are used).
         kind: ``reach``, ``grasp-lift`` or ``place``.
-        grip_force: squeeze to aim for (N): sets the finger target that far inside the
-            object's visible half-width, through the gripper servo's stiffness.
+        grip_force: squeeze per pad to command (N), as the gripper's current limit.
         config: the env's configuration (action mode and action scales).
     """
 
@@ -51,11 +50,9 @@ class ScriptedGrasp:
         self.cfg = config if config is not None else EnvConfig(task=kind)
         self.ext = half_extents(task.shape, task.size)
         self.kind = kind
-        half_width = float(min(self.ext[0], self.ext[1]))
-        # Each pad gets half the servo's (tendon) force.
-        finger = half_width - 2.0 * grip_force / scene.GRIPPER_KP
-        lo, hi = scene.GRIPPER_CTRL_MIN, ARM.joint_upper[5]
-        self.grip = float(np.clip(2.0 * (finger - lo) / (hi - lo) - 1.0, -1.0, 1.0))
+        # Current-based gripper: the action is the squeeze limit as a fraction of the
+        # most each pad gets (nominal gain; the hidden gain makes the real squeeze differ).
+        self.grip = float(np.clip(grip_force / GRIP_FORCE_MAX, 0.01, 1.0))
         self.phase = "approach"
         self.t = 0
         self.t_close = 0
@@ -70,7 +67,7 @@ class ScriptedGrasp:
         yaw = _yaw(obs[_I["obj_qw"]], obs[_I["obj_qz"]])
         # Close across the object's narrow horizontal side.
         finger_yaw = yaw + (math.pi / 2 if self.ext[1] < self.ext[0] else 0.0)
-        gripper = 1.0
+        gripper = -1.0  # open
         self.t += 1
         # Grasp at the object's centre, but keep the pads' lower edge clear of the table:
         # pads dragging on the table stall the closing fingers.
@@ -89,13 +86,11 @@ class ScriptedGrasp:
             if self.t - self.t_close > 4:
                 self.phase, self.t_close = "close", self.t
         if self.phase == "close":
-            # Ramp the finger target down instead of slamming it: the servo's impact on
-            # contact, not just its steady squeeze, is what crushes a fragile object.
-            # The servo then closes the last millimetres slowly (a first-order approach
-            # with time constant kv/kp), so squeeze for a fixed second before lifting.
+            # The current limit caps the squeeze from the first contact on; wait for the
+            # fingers to close and the squeeze to build before lifting.
             target = np.array([obj[0], obj[1], grasp_z])
-            gripper = max(self.grip, 1.0 - 0.2 * (self.t - self.t_close))
-            if self.t - self.t_close > 25:
+            gripper = self.grip
+            if self.t - self.t_close > 15:
                 self.phase = "lift" if self.kind != "reach" else "hold"
         if self.phase in ("lift", "hold"):
             gripper = self.grip

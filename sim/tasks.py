@@ -59,8 +59,15 @@ TRAIN_MASS = (0.03, 0.40)
 HELD_OUT_MASS = (0.17, 0.21)
 """Mass band (kg) that ``train`` never samples and ``test`` tasks with seen shapes use."""
 TRAIN_FRICTION = (0.35, 1.2)
-TRAIN_CRUSH = (4.0, 12.0)
-"""Crush limit range (N) of fragile train objects (half of them); the rest are robust."""
+TRAIN_CRUSH = (1.4, 2.5)
+"""Crush limit of fragile train objects (half of them), as a multiple of the grip force
+lifting them needs (:meth:`TaskParams.required_grip_force`); the rest are robust. Relative,
+not absolute: a fragile object barely survives the squeeze that lifts it (a paper cup of
+water), so the safe grip of one object crushes another and slips on a third, and no
+single grip serves them all."""
+FRAGILE_MIN_CRUSH = 2.0
+"""Smallest crush limit (N): a light object's window reaches at least this far (finer
+than a tenth of the gripper's range is more than a servo's current control resolves)."""
 ROBUST_CRUSH = 100.0
 """Crush limit (N) of an object that is not fragile: far above the gripper's 20 N."""
 FRAGILE_FRACTION = 0.5
@@ -72,7 +79,9 @@ LATENCY_STEPS = (0, 1, 2)
 
 HARD_MASS = (0.40, 0.60)
 HARD_FRICTION = (0.22, 0.35)
-HARD_CRUSH = (2.0, 4.0)
+HARD_CRUSH = (1.3, 1.4)
+"""Crush limit of the ``hard`` split's extra-fragile objects, as a multiple of the needed
+grip force (the narrowest window :func:`is_feasible` allows)."""
 
 GRIP_FORCE_MAX = 20.0
 """Gripper servo's largest squeeze (N), mirrored from the scene so this module needs no
@@ -325,9 +334,7 @@ def _draw(
         if exclude_band and HELD_OUT_MASS[0] <= mass <= HELD_OUT_MASS[1]:
             continue
         friction = float(rng.uniform(*TRAIN_FRICTION))
-        crush = (
-            float(rng.uniform(*TRAIN_CRUSH)) if rng.random() < FRAGILE_FRACTION else ROBUST_CRUSH
-        )
+        crush_ratio = float(rng.uniform(*TRAIN_CRUSH)) if rng.random() < FRAGILE_FRACTION else 0.0
         if hard:
             # At least one property outside the train ranges; sometimes two.
             extremes = rng.permutation(3)[: 1 + int(rng.random() < 0.3)]
@@ -337,7 +344,11 @@ def _draw(
                 elif e == 1:
                     friction = float(rng.uniform(*HARD_FRICTION))
                 else:
-                    crush = float(rng.uniform(*HARD_CRUSH))
+                    crush_ratio = float(rng.uniform(*HARD_CRUSH))
+        need = LIFT_SAFETY * mass * GRAVITY / (2.0 * friction)
+        crush = max(need * crush_ratio, FRAGILE_MIN_CRUSH) if crush_ratio else ROBUST_CRUSH
+        if hard and crush_ratio and crush > need * HARD_CRUSH[1]:
+            continue  # floored: not extra-fragile after all
         ext = half_extents(shape, size)
         com = tuple(float(v) for v in rng.uniform(-0.3, 0.3, size=3) * ext)
         params = TaskParams(
@@ -427,7 +438,11 @@ def in_train_support(p: TaskParams) -> bool:
         and TRAIN_MASS[0] <= p.mass <= TRAIN_MASS[1]
         and not HELD_OUT_MASS[0] <= p.mass <= HELD_OUT_MASS[1]
         and TRAIN_FRICTION[0] <= p.friction <= TRAIN_FRICTION[1]
-        and (p.crush_limit == ROBUST_CRUSH or TRAIN_CRUSH[0] <= p.crush_limit <= TRAIN_CRUSH[1])
+        and (
+            p.crush_limit == ROBUST_CRUSH
+            or p.crush_limit == FRAGILE_MIN_CRUSH
+            or TRAIN_CRUSH[0] <= p.crush_limit / p.required_grip_force() <= TRAIN_CRUSH[1]
+        )
     )
 
 
