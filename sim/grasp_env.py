@@ -44,8 +44,24 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 
+# The observation layout and the action -> servo-target mapping live in one numpy-only
+# module shared with the device's control loop; they are re-exported here.
+from metagrasp.actions import (  # noqa: F401 (re-exported)
+    ACTION_MODES,
+    ACTION_NAMES,
+    EE_ACTION_NAMES,
+    JOINT_ACTION_NAMES,
+    OBS_NAMES,
+    PITCH_OFFSET,
+    TCP_BOX,
+    TCP_HI,
+    TCP_LO,
+    ActionMap,
+    ActionMapConfig,
+    auto_pitch,
+)
 from metagrasp.errors import ConfigError, TaskParamError, UnknownNameError
-from metagrasp.kinematics import ARM, forward_tcp, top_down_ik
+from metagrasp.kinematics import ARM
 from metagrasp.sim import scene
 from metagrasp.sim.objects import half_extents
 from metagrasp.sim.tasks import (
@@ -59,66 +75,6 @@ from metagrasp.sim.tasks import (
 )
 
 KINDS: tuple[str, ...] = ("reach", "grasp-lift", "place")
-
-OBS_NAMES: tuple[str, ...] = (
-    *(f"q_{n}" for n in ARM.joint_names),
-    *(f"dq_{n}" for n in ARM.joint_names),
-    "gripper_opening",
-    "gripper_effort",
-    *(f"prev_action_{i}" for i in range(6)),
-    "obj_rel_x",
-    "obj_rel_y",
-    "obj_rel_z",
-    "obj_x",
-    "obj_y",
-    "obj_z",
-    "obj_qw",
-    "obj_qx",
-    "obj_qy",
-    "obj_qz",
-    "goal_x",
-    "goal_y",
-    "goal_z",
-)
-"""Observation layout; units: rad, rad/s, m, m/s, effort in [-1, 1], quaternion. The
-previous action is in the env's action-mode order (see ``GraspEnv.action_names``)."""
-
-JOINT_ACTION_NAMES: tuple[str, ...] = ARM.joint_names
-"""Actions of ``action_mode="joint"``: 5 arm joint deltas and the gripper target."""
-EE_ACTION_NAMES: tuple[str, ...] = (
-    "tcp_dx",
-    "tcp_dy",
-    "tcp_dz",
-    "finger_yaw",
-    "wrist_pitch",
-    "gripper",
-)
-"""Actions of ``action_mode="ee"``: TCP target deltas, wrist roll, pitch offset, gripper."""
-ACTION_MODES: dict[str, tuple[str, ...]] = {"ee": EE_ACTION_NAMES, "joint": JOINT_ACTION_NAMES}
-ACTION_NAMES: tuple[str, ...] = EE_ACTION_NAMES
-"""Action names of the default mode."""
-
-TCP_BOX = ((0.04, 0.36), (-0.22, 0.22), (scene.PAD_HALF_HEIGHT - 0.004, 0.22))
-"""Bounds (m, base frame) of the ``ee`` mode's TCP target: the workspace plus a margin.
-The floor lets the pads press 4 mm into the table and no further: a target far below what
-the table lets the hand reach would wind up, and lifting would first have to unwind it."""
-TCP_LO = np.array([b[0] for b in TCP_BOX])
-"""Lower corner of :data:`TCP_BOX` as an array."""
-TCP_HI = np.array([b[1] for b in TCP_BOX])
-"""Upper corner of :data:`TCP_BOX` as an array."""
-PITCH_OFFSET = 0.3
-"""Largest wrist pitch offset (rad) of the ``ee`` mode's ``wrist_pitch`` action."""
-
-
-def auto_pitch(x: float, y: float) -> float:
-    """Gripper tilt (rad) that keeps a top-down grasp reachable at radial distance r.
-
-    Vertical up to r = 0.265 m (as far as a vertical gripper reaches the table), then
-    tilting towards the base as the target gets farther. Vertical is best: a tilted hand
-    digs a pad corner into the table before the pads reach a low object.
-    """
-    return min(max((math.hypot(x, y) - 0.265) * 8.0, 0.0), 0.7)
-
 
 LIFT_HEIGHT = 0.05
 """Grasp-lift success height above the object's start (m)."""
@@ -283,14 +239,20 @@ class GraspEnv(gym.Env):
         self.action_names: tuple[str, ...] = ACTION_MODES[self.config.action_mode]
         """Action channel names of this env's action mode."""
         self.action_space = gym.spaces.Box(-1.0, 1.0, (len(self.action_names),), np.float32)
-        self._ee = self.config.action_mode == "ee"
-        self._tcp_target = np.zeros(3)
+        self._action_map = ActionMap(
+            ActionMapConfig(
+                action_mode=self.config.action_mode,
+                control_hz=self.config.control_hz,
+                max_tcp_delta=self.config.max_tcp_delta,
+                max_joint_delta=self.config.max_joint_delta,
+                grip_closed=_GRIP_CLOSED,
+                grip_open=_GRIP_OPEN,
+                grip_speed=scene.GRIPPER_SPEED,
+            )
+        )
         self.task: TaskParams = TaskParams()
-        self._lo = np.array(ARM.joint_lower[:5])
-        self._hi = np.array(ARM.joint_upper[:5])
         self._pending: deque[np.ndarray] = deque()
         self._prev_action = np.zeros(6, np.float32)
-        self._target = np.zeros(6)
         self._steps = 0
         self._obj_start = np.zeros(3)
         self._goal = np.zeros(3)
@@ -325,11 +287,9 @@ class GraspEnv(gym.Env):
         d.qpos[h.arm_qpos] = home
         d.qpos[h.mirror_qpos] = home[5]
         d.ctrl[h.actuators] = home
-        self._target = home.copy()
-        self._grip_target = float(home[5])
+        self._action_map.reset(home)
         full = scene.GRIPPER_FORCE * task.actuator_gain  # not the last episode's squeeze
         m.actuator_forcerange[h.actuators[5]] = (-full, full)
-        self._tcp_target = forward_tcp(home)
         if "object_pose" in options:
             x, y, yaw = (float(v) for v in options["object_pose"])
         else:
@@ -422,14 +382,11 @@ class GraspEnv(gym.Env):
         self._pending.append(action)
         applied = self._pending.popleft()
         cfg, m, d, h = self.config, self.model, self.data, self.h
-        t = self._target
-        if self._ee:
-            t[:5] = self._ee_joint_targets(applied)
-        else:
-            t[:5] = np.minimum(
-                np.maximum(t[:5] + applied[:5] * cfg.max_joint_delta, self._lo), self._hi
-            )
-        t[5] = self._gripper(float(applied[5]))
+        t, force_fraction = self._action_map.step(applied)
+        # The gripper's current limit: the hidden actuator gain scales the force a command
+        # delivers, as a motor's torque constant and gear losses do on a real servo.
+        limit = scene.GRIPPER_FORCE * self.task.actuator_gain * force_fraction
+        m.actuator_forcerange[h.actuators[5]] = (-limit, limit)
         d.ctrl[h.actuators] = t
         mujoco.mj_step(m, d, nstep=cfg.n_substeps)
         self._steps += 1
@@ -449,43 +406,10 @@ class GraspEnv(gym.Env):
             self._info(success, terms, self._grip),
         )
 
-    def _gripper(self, g: float) -> float:
-        """Gripper servo target for action ``g``; sets its current (force) limit too.
-
-        Current-based position control with a profile velocity: the target moves at the
-        servo's speed towards past-closed (or fully open) and the current limit caps the
-        squeeze, so the fingers meet the object gently and then press with the commanded
-        force whatever the object's width. The hidden actuator gain scales the force a
-        command delivers, as a motor's torque constant and gear losses do on a real servo.
-        """
-        full = scene.GRIPPER_FORCE * self.task.actuator_gain
-        limit = full * g if g > 0.0 else full
-        self.model.actuator_forcerange[self.h.actuators[5]] = (-limit, limit)
-        goal = _GRIP_CLOSED if g > 0.0 else _GRIP_OPEN
-        step = scene.GRIPPER_SPEED / self.config.control_hz
-        self._grip_target = min(max(goal, self._grip_target - step), self._grip_target + step)
-        return self._grip_target
-
-    def _ee_joint_targets(self, a: np.ndarray) -> np.ndarray:
-        """Arm servo targets for an ``ee`` action: move the TCP target, then solve IK.
-
-        The target integrates the deltas (not the measured TCP), so servo lag and latency
-        never feed back into the command: a constant action is a constant velocity.
-        """
-        tt = self._tcp_target
-        tt += a[:3] * self.config.max_tcp_delta
-        np.minimum(np.maximum(tt, TCP_LO), TCP_HI, out=tt)
-        pitch = auto_pitch(tt[0], tt[1]) + float(a[4]) * PITCH_OFFSET
-        sol = top_down_ik(tt, pitch=max(pitch, 0.0))
-        q = sol.q
-        if not sol.reachable:
-            # Anti-windup: pull the target back onto what the arm reaches, so pushing
-            # against the edge of the workspace never stores up motion to unwind later.
-            tt[:] = np.minimum(np.maximum(forward_tcp(q), TCP_LO), TCP_HI)
-        # Wrist roll straight from the action: the finger yaw relative to the arm's
-        # pointing direction, so it never wraps as the pan angle changes.
-        q[4] = float(a[3]) * (math.pi / 2)
-        return np.minimum(np.maximum(q, self._lo), self._hi)
+    @property
+    def _tcp_target(self) -> np.ndarray:
+        """The ee mode's integrated TCP target (held by the shared action map)."""
+        return self._action_map.tcp_target
 
     # --- evaluation -------------------------------------------------------------------
 
