@@ -16,8 +16,9 @@ Action modes (6 values in [-1, 1] each):
 * ``"joint"``: bounded arm joint-target deltas and the gripper.
 
 The gripper action is absolute in both modes: g > 0 moves the gripper target towards
-past-closed at the servo's profile speed with a current (force) limit of ``g`` x full;
-g <= 0 moves it towards fully open at full current.
+past-closed at the servo's profile speed with a current (force) limit of
+:func:`grip_fraction` ``(g)`` x full, log-scaled from :data:`GRIP_MIN_FRACTION` at g -> 0
+to full at g = 1; g <= 0 moves it towards fully open at full current.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ __all__ = [
     "EE_ACTION_NAMES",
     "GRIPPER_CTRL_MIN",
     "GRIPPER_SPEED",
+    "GRIP_MIN_FRACTION",
     "JOINT_ACTION_NAMES",
     "OBS_NAMES",
     "PAD_HALF_HEIGHT",
@@ -48,6 +50,8 @@ __all__ = [
     "auto_pitch",
     "canonical_quat",
     "goal_position",
+    "grip_action",
+    "grip_fraction",
 ]
 
 OBS_NAMES: tuple[str, ...] = (
@@ -97,6 +101,12 @@ GRIPPER_CTRL_MIN = -0.02
 limit alone sets the squeeze."""
 GRIPPER_SPEED = 0.07
 """Finger speed (m/s) of the gripper's profile velocity."""
+GRIP_MIN_FRACTION = 0.025
+"""Current limit (fraction of full) of the gentlest squeeze, g -> 0+. The scale between it
+and full is logarithmic because objects need squeezes from a fraction of a newton to tens
+of newtons, and a fragile one tolerates only a ratio (not a difference) above its need:
+equal action steps are equal force *ratios*, so exploration and a policy's precision are
+alike for light and heavy objects."""
 
 TCP_BOX = ((0.04, 0.36), (-0.22, 0.22), (PAD_HALF_HEIGHT - 0.004, 0.22))
 """Bounds (m, base frame) of the ``ee`` mode's TCP target: the workspace plus a margin.
@@ -110,6 +120,17 @@ PITCH_OFFSET = 0.3
 """Largest wrist pitch offset (rad) of the ``ee`` mode's ``wrist_pitch`` action."""
 GOAL_LIFT = 0.07
 """Height of the grasp-lift goal above the object's start (m): success height + 2 cm."""
+
+
+def grip_fraction(g: float) -> float:
+    """Gripper current limit (fraction of full) for a squeeze action ``g`` in (0, 1]."""
+    return GRIP_MIN_FRACTION ** (1.0 - min(g, 1.0))
+
+
+def grip_action(fraction: float) -> float:
+    """Inverse of :func:`grip_fraction`: the action that squeezes with ``fraction`` of full."""
+    f = min(max(fraction, GRIP_MIN_FRACTION), 1.0)
+    return max(1.0 - math.log(f) / math.log(GRIP_MIN_FRACTION), 1e-6)
 
 
 def auto_pitch(x: float, y: float) -> float:
@@ -235,7 +256,7 @@ class ActionMap:
             t[:5] = np.minimum(np.maximum(t[:5] + applied[:5] * d, self._lo), self._hi)
         g = float(applied[5])
         t[5] = self._gripper(g)
-        return t, (g if g > 0.0 else 1.0)
+        return t, (grip_fraction(g) if g > 0.0 else 1.0)
 
     def _gripper(self, g: float) -> float:
         # Current-based position control with a profile velocity: the target moves at the

@@ -30,6 +30,9 @@ ALGORITHMS: dict[str, str] = {
     "sac": "metagrasp.policies.sac:SAC",
     "sac-oracle": "metagrasp.policies.sac:SACOracle",
     "cavia": "metagrasp.policies.cavia:CAVIA",
+    "pearl": "metagrasp.policies.pearl:PEARL",
+    "rl2": "metagrasp.policies.rl2:RL2",
+    "rma": "metagrasp.policies.rma:RMA",
 }
 """Algorithm name -> ``module:Class``; imported only when used."""
 

@@ -126,6 +126,17 @@ class ActorCritic(nn.Module):
         and the log-prob must be of what was sampled (CleanRL's convention).
         """
         obs_n = self.norm(torch.as_tensor(obs, dtype=torch.float32))
+        return self.sample_normalised(obs_n, context, deterministic, generator)
+
+    @torch.no_grad()
+    def sample_normalised(
+        self,
+        obs_n: torch.Tensor,
+        context: torch.Tensor | None = None,
+        deterministic: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`sample` for observations already normalised (by another network's norm)."""
         mu = self.mean(obs_n, context)
         std = torch.exp(self.actor["log_std"])
         a = mu if deterministic else mu + std * torch.randn(mu.shape, generator=generator)

@@ -98,11 +98,15 @@ class PPO:
 
     def __init__(self, config: PPOConfig, spec: EnvSpec, seed: int = 0) -> None:
         self.config, self.spec = config, spec
-        in_dim = spec.obs_dim + (spec.task_dim if self.privileged else 0)
-        self.net = ActorCritic(in_dim, spec.act_dim, config.hidden, 0, config.log_std_init, seed)
+        self.net = self.make_net(config, spec, seed)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=config.lr, eps=1e-5)
         self.gen = torch.Generator().manual_seed(seed + 7)
         self.iteration = 0
+
+    def make_net(self, config: PPOConfig, spec: EnvSpec, seed: int) -> ActorCritic:
+        """The actor-critic; its input is the observation (and the task vector if privileged)."""
+        in_dim = spec.obs_dim + (spec.task_dim if self.privileged else 0)
+        return ActorCritic(in_dim, spec.act_dim, config.hidden, 0, config.log_std_init, seed)
 
     # --- acting ----------------------------------------------------------------------
 

@@ -19,7 +19,8 @@ Contract:
       The gripper action is absolute in both modes and runs the gripper servo in
       current-based position control (Dynamixel operating mode 5; a torque limit on
       Feetech STS): a value g > 0 closes the fingers at the servo's speed and squeezes
-      with at most ``g`` x 20 N per pad; g <= 0 opens them. The arm servos get position
+      with at most 0.5 N x 40^g per pad (log scale: 0.5 N at g -> 0+, 20 N at g = 1;
+      :func:`metagrasp.actions.grip_fraction`); g <= 0 opens them. The arm servos get position
       targets, exactly what a servo bus accepts.
     * ``reset(seed=, options={"task": TaskParams | dict, "object_pose": (x, y, yaw)})``
       sets the task; without a task one is drawn from the env's split. The object is put
@@ -27,9 +28,11 @@ Contract:
       episode starts: a lumpy mesh may topple a little on the way.
     * ``info``: ``success`` (bool), ``reward_terms`` (named dense terms that sum to the
       reward), ``grip_force`` (N), ``crushed``, ``task`` (privileged vector).
-    * An episode lasts ``episode_seconds``; it ends early (terminated) when the object is
-      crushed or falls off the table. Grasp-lift succeeds when, at the episode's end, the
-      object is at least 5 cm above its start, held by both fingers, and was never crushed.
+    * An episode lasts ``episode_seconds``; it ends early (terminated) when the object falls
+      off the table. Squeezing harder than the object's crush limit crushes it: a one-off
+      penalty, and the episode runs on without grasp rewards or success. Grasp-lift
+      succeeds when, at the episode's end, the object is at least 5 cm above its start,
+      held by both fingers, and was never crushed.
 """
 
 from __future__ import annotations
@@ -452,8 +455,8 @@ class GraspEnv(gym.Env):
         left, right = self._pad_contacts()
         grasped = left and right
         self._grip = self._grip_force(grasped)
-        if self._grip > self.task.crush_limit:
-            self._crushed = True
+        crushed_now = not self._crushed and self._grip > self.task.crush_limit
+        self._crushed = self._crushed or crushed_now
         height = float(obj[2] - self._obj_start[2])
         dropped = bool(abs(obj[0] - 0.15) > 0.4 or abs(obj[1]) > 0.4 or obj[2] < -0.05)
         lifted = height >= LIFT_HEIGHT
@@ -461,8 +464,12 @@ class GraspEnv(gym.Env):
         terms["reach"] = 1.0 - math.tanh(10.0 * dist)
         da = action - self._prev_action
         terms["action_rate"] = float(np.dot(da, da))
-        terms["crush"] = float(self._crushed)
+        # Crushing is penalised once, when it happens; the episode runs on (ending it would
+        # also forfeit the reach reward, which taught policies never to close at all) but
+        # a crushed object earns no more grasp rewards and can no longer succeed.
+        terms["crush"] = float(crushed_now)
         terms["drop"] = float(dropped)
+        grasped = grasped and not self._crushed
         if kind == "reach":
             success = dist < 0.02
         else:
@@ -477,7 +484,7 @@ class GraspEnv(gym.Env):
                 terms["place"] = 1.0 - math.tanh(10.0 * gdist)
                 success = gdist < 0.03
         success = bool(success and not self._crushed and not dropped)
-        return terms, success, bool(self._crushed or dropped)
+        return terms, success, dropped
 
     def _observe(self) -> np.ndarray:
         d, h, s = self.data, self.h, self.task.obs_noise

@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 
+from metagrasp.actions import grip_action
 from metagrasp.kinematics import ARM, forward_tcp, top_down_ik, wrist_roll
 from metagrasp.sim import scene
 from metagrasp.sim.grasp_env import OBS_NAMES, TCP_HI, TCP_LO, EnvConfig, auto_pitch
@@ -50,9 +51,9 @@ class ScriptedGrasp:
         self.cfg = config if config is not None else EnvConfig(task=kind)
         self.ext = half_extents(task.shape, task.size)
         self.kind = kind
-        # Current-based gripper: the action is the squeeze limit as a fraction of the
+        # Current-based gripper: the action sets the squeeze limit on a log scale of the
         # most each pad gets (nominal gain; the hidden gain makes the real squeeze differ).
-        self.grip = float(np.clip(grip_force / GRIP_FORCE_MAX, 0.01, 1.0))
+        self.grip = grip_action(grip_force / GRIP_FORCE_MAX)
         self.phase = "approach"
         self.t = 0
         self.t_close = 0
