@@ -177,6 +177,41 @@ class CAVIA:
         """Context after the inner loop on every episode so far (from zero, not chained)."""
         return self.adapted_context(self.inner_batch(episodes), create_graph=False).detach()
 
+    def export_modules(self) -> Any:
+        """Deployable graphs (the seam of :mod:`metagrasp.export.plan`): the
+        context-conditioned policy, the critic for on-device GAE and the inner loop."""
+        from metagrasp.export import modules as em
+        from metagrasp.export.plan import ExportPlan
+
+        c, s = self.config, self.spec
+        lr = self.inner_lr.detach().clamp(min=1e-3)  # as adapted_context() uses it
+        adapt = em.context_adapt_graph(
+            self.net, lr, c.inner_steps, s.obs_dim, s.act_dim, s.max_steps
+        )
+        return ExportPlan(
+            self.name,
+            [
+                em.gaussian_policy_graph(self.net, s.obs_dim, 0, c.ctx_dim),
+                em.critic_graph(self.net, s.obs_dim, c.ctx_dim, s.max_steps),
+                adapt,
+            ],
+            init_state={"context": self._ctx0(1)},
+            adaptation={
+                "kind": "gradient",
+                "reward_free": False,
+                "restart": True,  # adapt() restarts from zero on every episode so far
+                "episode_fields": ["obs", "actions", "rewards", "next_obs", "dones"],
+                "advantages": {"gamma": c.gamma, "lambda": c.gae_lambda, "normalize": "member"},
+                "settings": {
+                    "adapted": ["context"],
+                    "inner_lr": lr.tolist(),
+                    "inner_steps": c.inner_steps,
+                    "episode_length": s.max_steps,
+                },
+            },
+            exploration="gaussian",
+        )
+
     # --- training: collect -> adapt -> update -----------------------------------------
 
     def collect(self, env: Any, context: torch.Tensor) -> Episodes:

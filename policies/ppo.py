@@ -128,6 +128,15 @@ class PPO:
     def adapt(self, state: Any, episodes: list[Episodes]) -> Any:
         return state  # the DR baseline and the oracle do not adapt
 
+    def export_modules(self) -> Any:
+        """Deployable graphs (the seam of :mod:`metagrasp.export.plan`): a policy only."""
+        from metagrasp.export.modules import gaussian_policy_graph
+        from metagrasp.export.plan import ExportPlan
+
+        task_dim = self.spec.task_dim if self.privileged else 0
+        graph = gaussian_policy_graph(self.net, self.spec.obs_dim, task_dim)
+        return ExportPlan(self.name, [graph], exploration="gaussian", uses_task=self.privileged)
+
     # --- training: collect -> (no adapt) -> update ------------------------------------
 
     def collect(self, env: Any) -> list[Episodes]:

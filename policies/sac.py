@@ -181,6 +181,15 @@ class SAC:
     def adapt(self, state: Any, episodes: list[Episodes]) -> Any:
         return state
 
+    def export_modules(self) -> Any:
+        """Deployable graphs (the seam of :mod:`metagrasp.export.plan`): a policy only."""
+        from metagrasp.export.modules import squashed_policy_graph
+        from metagrasp.export.plan import ExportPlan
+
+        task_dim = self.spec.task_dim if self.privileged else 0
+        graph = squashed_policy_graph(self.actor, self.norm, self.spec.obs_dim, task_dim)
+        return ExportPlan(self.name, [graph], uses_task=self.privileged)
+
     # --- training: collect -> (no adapt) -> update ------------------------------------
 
     def collect(self, env: Any) -> Episodes:

@@ -1,0 +1,280 @@
+"""Self-contained, traceable modules for the export of the existing algorithms.
+
+Each module copies what it needs out of the trained networks (as float32 buffers), so
+it carries the observation normaliser and the action limits with it and stays valid
+whatever happens to the algorithm afterwards. The builder functions return
+:class:`~metagrasp.export.plan.GraphSpec` s, with the training-side reference each graph
+is checked against; the algorithms' ``export_modules`` methods assemble them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from metagrasp.export.plan import GraphSpec
+from metagrasp.policies import functional as fn
+from metagrasp.policies.networks import ActorCritic, RunningNorm, _expand
+
+
+class Normalizer(nn.Module):
+    """A frozen :class:`~metagrasp.policies.networks.RunningNorm` (same arithmetic)."""
+
+    def __init__(self, norm: RunningNorm) -> None:
+        super().__init__()
+        # RunningNorm computes the std in float64 and casts; so does this copy, once.
+        self.register_buffer("mean", norm.mean.detach().float().clone())
+        self.register_buffer("std", torch.sqrt(norm.var.detach() + 1e-8).float())
+        self.clip = float(norm.clip)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.clamp((x - self.mean) / self.std, -self.clip, self.clip)
+
+    def sample(self, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+        """Raw inputs spread over (and a little beyond) what training saw."""
+        z = rng.standard_normal((*shape, self.mean.numel())) * 2.0
+        return (self.mean.numpy() + z * self.std.numpy()).astype(np.float32)
+
+
+def _frozen(params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().float().clone() for k, v in params.items()}
+
+
+class _Params(nn.Module):
+    """A parameter dict as buffers (constants in the graph, not trainable)."""
+
+    def __init__(self, params: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        self.names = list(params)
+        for k, v in _frozen(params).items():
+            self.register_buffer(k, v)
+
+    def as_dict(self) -> dict[str, torch.Tensor]:
+        return {k: getattr(self, k) for k in self.names}
+
+
+class GaussianPolicy(nn.Module):
+    """``obs`` [, ``task``] [, ``context``] -> clipped mean action, mean, log std."""
+
+    def __init__(self, net: ActorCritic, task: bool, context: bool) -> None:
+        super().__init__()
+        self.norm = Normalizer(net.norm)
+        self.params = _Params(net.params)
+        self.task, self.context = task, context
+
+    def forward(self, obs: torch.Tensor, *extra: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        rest = list(extra)
+        x = torch.cat([obs, rest.pop(0)], -1) if self.task else obs
+        ctx = rest.pop(0) if self.context else None
+        p = self.params.as_dict()
+        mu = fn.policy_mean(p, self.norm(x), ctx)
+        # The env clips actions to [-1, 1]; the deployed action is what the env applies.
+        return torch.clamp(mu, -1.0, 1.0), mu, p["log_std"]
+
+
+class Critic(nn.Module):
+    """``obs (M, T, O)`` [, ``context (M, C)``] -> ``value (M, T)``."""
+
+    def __init__(self, net: ActorCritic, context: bool) -> None:
+        super().__init__()
+        self.norm = Normalizer(net.norm)
+        self.critic = _copy_mlp(net.critic)
+        self.context = context
+
+    def forward(self, obs: torch.Tensor, *extra: torch.Tensor) -> torch.Tensor:
+        x = self.norm(obs)
+        if self.context:
+            x = torch.cat([x, _expand(extra[0], x)], -1)
+        return self.critic(x).squeeze(-1)
+
+
+def _copy_mlp(seq: nn.Sequential) -> nn.Sequential:
+    import copy
+
+    out = copy.deepcopy(seq).float()
+    for p in out.parameters():
+        p.requires_grad_(False)
+    return out
+
+
+class ContextAdapt(nn.Module):
+    """CAVIA's inner loop with the explicit backward: context + transitions -> context."""
+
+    def __init__(self, net: ActorCritic, lr: torch.Tensor, steps: int) -> None:
+        super().__init__()
+        self.norm = Normalizer(net.norm)
+        self.params = _Params(net.params)
+        self.register_buffer("lr", lr.detach().float().clone())
+        self.steps = int(steps)
+
+    def forward(
+        self,
+        context: torch.Tensor,
+        obs: torch.Tensor,
+        actions: torch.Tensor,
+        advantages: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> torch.Tensor:
+        batch = {"obs": self.norm(obs), "actions": actions, "advantages": advantages}
+        batch["mask"] = mask
+        ctx, _ = fn.inner_update_explicit(
+            self.params.as_dict(), batch, context=context, lr=self.lr, steps=self.steps
+        )
+        return ctx
+
+
+class SquashedPolicy(nn.Module):
+    """SAC's deterministic action ``tanh(mu)`` for ``obs`` [, ``task``]."""
+
+    def __init__(self, actor: nn.Module, norm: RunningNorm, task: bool) -> None:
+        super().__init__()
+        self.norm = Normalizer(norm)
+        self.body = _copy_mlp(actor.body)
+        self.task = task
+
+    def forward(self, obs: torch.Tensor, *extra: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([obs, extra[0]], -1) if self.task else obs
+        mu, _ = self.body(self.norm(x)).chunk(2, -1)
+        return torch.clamp(torch.tanh(mu), -1.0, 1.0)
+
+
+# --- graph specs ----------------------------------------------------------------------
+
+
+def _obs_task_sampler(norm: Normalizer, obs_dim: int, task_dim: int, state: dict[str, int]) -> Any:
+    def sample(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        x = norm.sample((n,), rng)
+        out = {"obs": x[:, :obs_dim]}
+        if task_dim:
+            out["task"] = x[:, obs_dim:]
+        for name, dim in state.items():
+            out[name] = rng.standard_normal((n, dim)).astype(np.float32)
+        return out
+
+    return sample
+
+
+def gaussian_policy_graph(
+    net: ActorCritic, obs_dim: int, task_dim: int = 0, ctx_dim: int = 0
+) -> GraphSpec:
+    """The policy graph of an :class:`ActorCritic` (PPO, oracles, CAVIA)."""
+    module = GaussianPolicy(net, task_dim > 0, ctx_dim > 0)
+    inputs = {"obs": torch.zeros(1, obs_dim)}
+    if task_dim:
+        inputs["task"] = torch.zeros(1, task_dim)
+    if ctx_dim:
+        inputs["context"] = torch.zeros(1, ctx_dim)
+    dyn = {k: {0: "n"} for k in inputs} | {"action": {0: "n"}, "mean": {0: "n"}}
+    state = {"context": ctx_dim} if ctx_dim else {}
+    return GraphSpec(
+        role="policy",
+        module=module,
+        inputs=inputs,
+        outputs=("action", "mean", "log_std"),
+        dynamic_axes=dyn,
+        sample=_obs_task_sampler(module.norm, obs_dim, task_dim, state),
+        quantizable=True,
+    )
+
+
+def critic_graph(net: ActorCritic, obs_dim: int, ctx_dim: int, horizon: int) -> GraphSpec:
+    """The value graph used for on-device GAE (context-conditioned critic)."""
+    module = Critic(net, ctx_dim > 0)
+    inputs = {"obs": torch.zeros(1, horizon, obs_dim)}
+    if ctx_dim:
+        inputs["context"] = torch.zeros(1, ctx_dim)
+
+    def sample(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        t = 8  # rows per member: n members x 8 steps covers n x 8 inputs
+        out = {"obs": module.norm.sample((n, t), rng)}
+        if ctx_dim:
+            out["context"] = rng.standard_normal((n, ctx_dim)).astype(np.float32)
+        return out
+
+    def reference(obs: torch.Tensor, *extra: torch.Tensor) -> tuple[torch.Tensor]:
+        with torch.no_grad():
+            return (net.value(net.norm(obs), extra[0] if extra else None),)
+
+    return GraphSpec(
+        role="critic",
+        module=module,
+        inputs=inputs,
+        outputs=("value",),
+        dynamic_axes={"obs": {0: "m", 1: "t"}, "context": {0: "m"}, "value": {0: "m", 1: "t"}},
+        sample=sample,
+        reference=reference,
+    )
+
+
+def context_adapt_graph(
+    net: ActorCritic, lr: torch.Tensor, steps: int, obs_dim: int, act_dim: int, horizon: int
+) -> GraphSpec:
+    """CAVIA's adapt graph, checked against the autograd inner loop of training."""
+    ctx_dim = int(lr.numel())
+    module = ContextAdapt(net, lr, steps)
+    inputs = {
+        "context": torch.zeros(1, ctx_dim),
+        "obs": torch.zeros(1, horizon, obs_dim),
+        "actions": torch.zeros(1, horizon, act_dim),
+        "advantages": torch.zeros(1, horizon),
+        "mask": torch.ones(1, horizon),
+    }
+
+    def sample(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        t = horizon
+        lengths = rng.integers(1, t + 1, n)
+        mask = (np.arange(t)[None] < lengths[:, None]).astype(np.float32)
+        return {
+            "context": (0.5 * rng.standard_normal((n, ctx_dim))).astype(np.float32),
+            "obs": module.norm.sample((n, t), rng),
+            "actions": rng.uniform(-1.5, 1.5, (n, t, act_dim)).astype(np.float32),
+            "advantages": (rng.standard_normal((n, t)) * mask).astype(np.float32),
+            "mask": mask,
+        }
+
+    def reference(context, obs, actions, advantages, mask) -> tuple[torch.Tensor]:
+        # Training's path: the autograd inner loop of fn.inner_update, as CAVIA runs it.
+        batch = {"obs": net.norm(obs), "actions": actions, "advantages": advantages}
+        batch["mask"] = mask
+        ctx, _ = fn.inner_update(
+            {k: v.detach() for k, v in net.params.items()},
+            batch,
+            context=context,
+            lr=lr.detach(),
+            steps=steps,
+        )
+        return (ctx.detach(),)
+
+    dyn = {k: {0: "m", 1: "b"} for k in ("obs", "actions", "advantages", "mask")}
+    dyn |= {"context": {0: "m"}, "next.context": {0: "m"}}
+    return GraphSpec(
+        role="adapt",
+        module=module,
+        inputs=inputs,
+        outputs=("next.context",),
+        dynamic_axes=dyn,
+        sample=sample,
+        reference=reference,
+    )
+
+
+def squashed_policy_graph(
+    actor: nn.Module, norm: RunningNorm, obs_dim: int, task_dim: int = 0
+) -> GraphSpec:
+    """SAC's policy graph (deterministic ``tanh`` of the mean)."""
+    module = SquashedPolicy(actor, norm, task_dim > 0)
+    inputs = {"obs": torch.zeros(1, obs_dim)}
+    if task_dim:
+        inputs["task"] = torch.zeros(1, task_dim)
+    return GraphSpec(
+        role="policy",
+        module=module,
+        inputs=inputs,
+        outputs=("action",),
+        dynamic_axes={k: {0: "n"} for k in inputs} | {"action": {0: "n"}},
+        sample=_obs_task_sampler(module.norm, obs_dim, task_dim, {}),
+        quantizable=True,
+    )
