@@ -94,7 +94,10 @@ def _evaluate_run(run: str, args: argparse.Namespace, checkpoint: str | None) ->
     from metagrasp.policies.evaluate import meta_test, summarise
     from metagrasp.policies.runner import load_trained
 
-    algo, resolved, spec = load_trained(run, checkpoint)
+    overrides = parse_overrides(getattr(args, "set", None))
+    if overrides["run"]:
+        raise ConfigError("eval --set only takes algo.FIELD=VALUE (meta-test-time settings)")
+    algo, resolved, spec = load_trained(run, checkpoint, overrides.get("algo"))
     k = args.episodes_per_task
     if k is None:
         k = resolved["run"]["eval_episodes_per_task"]
@@ -187,4 +190,10 @@ def add_eval_parser(sub: Any, handler: Any) -> None:
     p.add_argument("--dr", default=None, help="domain-randomisation reference run")
     p.add_argument("--oracle", default=None, help="oracle reference run")
     p.add_argument("--out", default=None, help="output folder (default RUN/eval-SPLIT)")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="algo.FIELD=VALUE",
+        help="meta-test-time algorithm setting, e.g. algo.act_with=teacher (RMA)",
+    )
     p.set_defaults(handler=handler)

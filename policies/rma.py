@@ -71,8 +71,14 @@ class RMAConfig(PPOConfig):
     """After k >= 1 episodes of a task: ``freeze`` acts with the latent averaged over them;
     ``continuous`` keeps re-estimating from the running window (k = 0 behaviour)."""
 
+    act_with: str = "student"
+    """Meta-test policy: ``student`` (the adaptation module's latent, what deploys) or
+    ``teacher`` (the encoder's latent of the privileged task vector: an oracle line)."""
+
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.act_with not in ("student", "teacher"):
+            raise ConfigError(f"algo.act_with={self.act_with!r}; allowed: 'student', 'teacher'")
         for name in ("latent_dim", "history", "adapter_epochs", "adapter_batch", "replay_blocks"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"algo.{name}={getattr(self, name)} must be >= 1")
@@ -239,6 +245,9 @@ class RMA(PPO):
     def act(
         self, obs: np.ndarray, task: np.ndarray, state: dict, deterministic: bool = False
     ) -> tuple[np.ndarray, dict]:
+        if self.config.act_with == "teacher":
+            a, _, _ = self.net.sample(self._inputs(obs, task), None, deterministic, self.gen)
+            return a, state
         window = self._push(state["window"], obs)
         z = state["z"]
         if z is None or self.config.calibration == "continuous":

@@ -129,9 +129,14 @@ def load_checkpoint(path: str | Path, expected_algo: str | None = None) -> dict[
 
 
 def load_trained(
-    run_dir: str | Path, checkpoint: str | Path | None = None
+    run_dir: str | Path,
+    checkpoint: str | Path | None = None,
+    algo_overrides: dict[str, Any] | None = None,
 ) -> tuple[Any, dict[str, Any], EnvSpec]:
     """The trained algorithm of a run directory (its last checkpoint unless given).
+
+    ``algo_overrides`` change algorithm settings that only matter when acting (e.g. RMA's
+    ``act_with``); they are validated by the algorithm's config like any other.
 
     Returns:
         (algorithm, resolved config, env spec).
@@ -145,7 +150,7 @@ def load_trained(
         raise CheckpointError(f"{run_dir} is not a training run (no config.json); train first")
     try:
         meta = json.loads(cfg_path.read_text())
-        resolved = {"run": meta["run"], "algo": meta["algo"]}
+        resolved = {"run": meta["run"], "algo": {**meta["algo"], **(algo_overrides or {})}}
         fields = meta["env_spec"].items()
         spec = EnvSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields})
     except (json.JSONDecodeError, KeyError, TypeError) as exc:

@@ -126,3 +126,56 @@ def test_frozen_calibration_acts_with_the_stored_latent():
 def test_bad_rma_fields_are_refused(field, value):
     with pytest.raises(ConfigError, match=field):
         RMAConfig(**{field: value})
+
+
+def test_teacher_mode_acts_from_the_privileged_latent_and_eval_can_select_it(tmp_path, capsys):
+    from metagrasp.cli import main
+
+    env, algo = make(0)
+    obs = np.zeros((N, algo.spec.obs_dim), np.float32)
+    tasks = np.stack([np.full(algo.spec.task_dim, i, np.float32) for i in range(N)])
+    algo.config.act_with = "teacher"
+    a, _ = algo.act(obs, tasks, algo.init_state(N), deterministic=True)
+    assert not np.allclose(a[0], a[1])  # different tasks, different latents, same obs
+    env.close()
+    run = tmp_path / "rma"
+    args = ["train", "--algo", "rma", "--task", "point-nav", "--preset", "quick", "--out"]
+    assert (
+        main(
+            [
+                *args,
+                str(run),
+                "--no-progress",
+                "--set",
+                "run.total_env_steps=400",
+                "--set",
+                "run.num_envs=4",
+                "--set",
+                "run.workers=0",
+            ]
+        )
+        == 0
+    )
+    for mode in ("teacher", "student"):
+        out = tmp_path / mode
+        assert (
+            main(
+                [
+                    "eval",
+                    str(run),
+                    "--episodes-per-task",
+                    "1",
+                    "--workers",
+                    "0",
+                    "--set",
+                    f"algo.act_with={mode}",
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 0
+        )
+        assert (out / "results.json").is_file()
+    bad = ["eval", str(run), "--set", "algo.act_with=ghost", "--workers", "0"]
+    assert main(bad) != 0
+    assert "act_with='ghost'" in capsys.readouterr().err
