@@ -61,6 +61,25 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return run_eval(args)
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from metagrasp.export.cli import run_export
+
+    return run_export(args)
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    # Device-side: numpy + onnxruntime only (no torch, no mujoco).
+    from metagrasp.export.inspect import run_inspect
+
+    return run_inspect(args)
+
+
+def _cmd_bench_policy(args: argparse.Namespace) -> int:
+    from metagrasp.export.bench import run_bench_policy
+
+    return run_bench_policy(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the full argument parser (sub-commands and their options)."""
     parser = argparse.ArgumentParser(
@@ -130,6 +149,35 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_train_parser(sub, _cmd_train)
     add_eval_parser(sub, _cmd_eval)
+
+    from metagrasp.export.cli import add_export_parser
+
+    add_export_parser(sub, _cmd_export)
+
+    p = sub.add_parser(
+        "inspect",
+        help="print an exported bundle's metadata, graphs, inputs and outputs",
+        description="Verify a bundle (hashes, format version) and print what it holds. "
+        "Runs on the device: needs numpy and onnxruntime only.",
+    )
+    p.add_argument("bundle", help="policy file written by `metagrasp export -o`")
+    p.add_argument("--json", action="store_true", help="print the metadata as JSON")
+    p.set_defaults(handler=_cmd_inspect)
+
+    p = sub.add_parser(
+        "bench-policy",
+        help="p50/p99 latency per act/adapt call: onnxruntime vs torch, one thread",
+        description="Time the bundle's act() (and adapt() on full-length episodes) from "
+        "Python with onnxruntime, and in the same run the torch module it was exported "
+        "from (needs torch and the training run).",
+    )
+    p.add_argument("bundle", help="policy file written by `metagrasp export -o`")
+    p.add_argument("--run", default=None, help="training run (default: from the metadata)")
+    p.add_argument("--calls", type=int, default=20000, help="timed act() calls")
+    p.add_argument("--adapt-calls", type=int, default=30, help="timed adapt() calls")
+    p.add_argument("--episodes", type=int, default=3, help="episodes per adapt() call")
+    p.add_argument("--json", metavar="FILE", default=None, help="also write results as JSON")
+    p.set_defaults(handler=_cmd_bench_policy)
     return parser
 
 

@@ -48,7 +48,26 @@ def _plan(algo: Any) -> ExportPlan:
             f"algorithm {algo.name!r} cannot be exported yet: it has no export_modules() "
             "method (the seam described in metagrasp.export.plan)"
         )
-    return method()
+    # An inherited export_modules describes the parent's acting: a subclass that acts or
+    # adapts differently (RMA is a PPO) must define its own, or the bundle would be wrong.
+    mro = type(algo).__mro__
+    owner = next(i for i, c in enumerate(mro) if "export_modules" in c.__dict__)
+    changed = [
+        f"{c.__name__}.{m}"
+        for c in mro[:owner]
+        for m in ("act", "init_state", "adapt", "observe")
+        if m in c.__dict__
+    ]
+    if changed:
+        raise ExportError(
+            f"algorithm {algo.name!r} inherits export_modules() from {mro[owner].__name__} "
+            f"but overrides {changed}; it needs its own export_modules() "
+            "(see metagrasp.export.plan)"
+        )
+    plan = method()
+    if plan.algorithm != algo.name:
+        raise ExportError(f"export plan is for {plan.algorithm!r}, not {algo.name!r}")
+    return plan
 
 
 def bundle_metadata(

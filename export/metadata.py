@@ -5,11 +5,13 @@ task family: channel names (from the run's env spec), units, the action limits a
 scale from a normalised action to physical units, the control rate, the episode length
 (the adaptation batch is padded to it), the arm's joint names and limits (for the
 mapping to servos) and the env settings the device's command layer reproduces
-(``action_mode``, ``max_tcp_delta``, the TCP box...).
+(``env.action_map``: the :class:`metagrasp.actions.ActionMapConfig` that turns actions
+into servo targets, the TCP box...).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -31,19 +33,27 @@ def _obs_unit(name: str) -> str:
 
 
 def _grasp_facts(spec: EnvSpec) -> dict[str, Any]:
+    from metagrasp.actions import GRIP_MIN_FRACTION, PITCH_OFFSET, TCP_BOX, ActionMapConfig
     from metagrasp.kinematics import ARM
-    from metagrasp.sim import scene
-    from metagrasp.sim.grasp_env import PITCH_OFFSET, TCP_BOX, EnvConfig
+    from metagrasp.sim.grasp_env import EnvConfig
     from metagrasp.sim.tasks import PRIVILEGED_NAMES
 
     cfg = EnvConfig(task=spec.family)
-    per_pad = scene.GRIPPER_FORCE / 2.0  # the tendon splits the servo force over two pads
+    # The device's command layer (metagrasp.actions.ActionMap) is built from these fields;
+    # its gripper defaults are the sim's (checked by tests/hardware/test_actions.py).
+    amap = ActionMapConfig(
+        action_mode=cfg.action_mode,
+        control_hz=cfg.control_hz,
+        max_tcp_delta=cfg.max_tcp_delta,
+        max_joint_delta=cfg.max_joint_delta,
+    )
+    # The gripper action is not linear in any unit (log-scaled current limit): scale 1.
     if cfg.action_mode == "ee":
-        scale = [cfg.max_tcp_delta] * 3 + [math.pi / 2, PITCH_OFFSET, per_pad]
-        units = ["m/step"] * 3 + ["rad", "rad", "N"]
+        scale = [cfg.max_tcp_delta] * 3 + [math.pi / 2, PITCH_OFFSET, 1.0]
+        units = ["m/step"] * 3 + ["rad", "rad", "grip"]
     else:
-        scale = [cfg.max_joint_delta] * 5 + [per_pad]
-        units = ["rad/step"] * 5 + ["N"]
+        scale = [cfg.max_joint_delta] * 5 + [1.0]
+        units = ["rad/step"] * 5 + ["grip"]
     return {
         "control_hz": cfg.control_hz,
         "episode_seconds": cfg.episode_seconds,
@@ -57,14 +67,13 @@ def _grasp_facts(spec: EnvSpec) -> dict[str, Any]:
         "joint_upper": list(ARM.joint_upper),
         "env": {
             "family": spec.family,
-            "action_mode": cfg.action_mode,
-            "max_tcp_delta_m": cfg.max_tcp_delta,
-            "max_joint_delta_rad": cfg.max_joint_delta,
+            "action_map": dataclasses.asdict(amap),
             "tcp_box_m": [list(b) for b in TCP_BOX],
             "wrist_pitch_offset_rad": PITCH_OFFSET,
             "finger_yaw_rad_at_1": math.pi / 2,
-            "gripper": "g > 0 closes and squeezes with at most g x "
-            f"{per_pad:g} N per pad (current limit); g <= 0 opens",
+            "gripper": "g > 0 closes with a current limit of "
+            f"{GRIP_MIN_FRACTION:g} ** (1 - g) of full (metagrasp.actions.grip_fraction); "
+            "g <= 0 opens at full current",
         },
     }
 
