@@ -150,6 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parser(sub, _cmd_train)
     add_eval_parser(sub, _cmd_eval)
 
+    # deploy / calibrate-joints (device side) and virtual-robot (sim side), lazily imported.
+    from metagrasp.hardware.cli import add_hardware_parsers
+
+    add_hardware_parsers(sub)
+
     from metagrasp.export.cli import add_export_parser
 
     add_export_parser(sub, _cmd_export)

@@ -127,14 +127,24 @@ class PacketReader:
         protocol: Wire protocol strategy.
         stats: Counters to update; a private :class:`BusStats` if None.
         max_buffer: Bytes kept while waiting for a frame before giving up on its start.
+        decode: Frame decoder; default ``protocol.decode_status``. Simulated servos pass
+            ``protocol.decode_instruction`` to read instructions (frames it maps to None
+            are skipped and counted as echoes).
     """
 
     def __init__(
-        self, protocol: ServoProtocol, stats: BusStats | None = None, max_buffer: int = 4096
+        self,
+        protocol: ServoProtocol,
+        stats: BusStats | None = None,
+        max_buffer: int = 4096,
+        *,
+        decode: Callable[[bytes], object | None] | None = None,
     ) -> None:
         self.protocol = protocol
         self.stats = stats if stats is not None else BusStats()
         self.max_buffer = max_buffer
+        # The servo side (simulated servos) reads instructions with the same resync rules.
+        self._decode = decode if decode is not None else protocol.decode_status
         self._buf = bytearray()
 
     def __len__(self) -> int:
@@ -211,7 +221,7 @@ class PacketReader:
                 continue
             del buf[:total]
             try:
-                packet = proto.decode_status(frame)
+                packet = self._decode(frame)
             except MalformedPacketError:
                 self.stats.malformed += 1
                 continue
@@ -355,6 +365,42 @@ class ServoBus:
         ids = list(servo_ids)
         packet = self.protocol.encode_sync_read(ids, reg.address, reg.size)
         return self._read_named(packet, ids, name, allow_alert)
+
+    def sync_read_registers(
+        self, servo_ids: Sequence[int], names: Sequence[str], *, allow_alert: bool = False
+    ) -> dict[int, dict[str, int]]:
+        """Read several registers from several servos with one sync read of their span.
+
+        The registers need not be adjacent: the read covers the lowest to the highest
+        address (one transaction per control cycle instead of one per register).
+
+        Returns:
+            ``{id: {name: value}}`` in the order of ``servo_ids``.
+        """
+        proto = self.protocol
+        regs = {n: proto.register(n) for n in names}
+        start = min(r.address for r in regs.values())
+        length = max(r.address + r.size for r in regs.values()) - start
+        ids = list(servo_ids)
+
+        def decode(reply: StatusPacket) -> dict[str, int]:
+            out = {}
+            for n, r in regs.items():
+                lo = r.address - start
+                value = proto.decode_value(n, reply.params[lo : lo + r.size])
+                proto.check_plausible(reply.servo_id, n, value)
+                out[n] = value
+            return out
+
+        decoded: dict[int, dict[str, int]] = {}
+
+        def validate(reply: StatusPacket) -> None:
+            # Inside the retry loop, so an implausible (corrupted) value triggers a re-read.
+            decoded[reply.servo_id] = decode(reply)
+
+        packet = proto.encode_sync_read(ids, start, length)
+        self._transact(packet, ids, length, allow_alert=allow_alert, validate=validate)
+        return {i: decoded[i] for i in ids}
 
     def _read_named(
         self, packet: bytes, ids: Sequence[int], name: str, allow_alert: bool

@@ -497,6 +497,9 @@ class DynamixelProtocol:
     encode_sync_read = staticmethod(sync_read_packet)
     encode_sync_write = staticmethod(sync_write_packet)
     encode_reboot = staticmethod(reboot_packet)
+    # Servo side (simulated servos): read instructions, answer with status packets.
+    decode_instruction = staticmethod(decode_instruction)
+    encode_status = staticmethod(encode_status)
 
     @staticmethod
     def status_frame_size(n_params: int) -> int:

@@ -17,7 +17,13 @@ from typing import Any
 from metagrasp.errors import MetagraspError
 
 __all__ = [
+    "ActivationRefusedError",
     "ChecksumError",
+    "EmergencyStopError",
+    "PoseSourceError",
+    "RobotError",
+    "UnsafeCommandError",
+    "WatchdogError",
     "EncodingError",
     "ImplausibleValueError",
     "MalformedPacketError",
@@ -197,3 +203,39 @@ class PortError(ProtocolError):
             "(list candidates with `ls /dev/ttyUSB* /dev/ttyACM*`)"
         )
         super().__init__(f"serial port {port!r}: {problem}. Fix: {fix}.")
+
+
+# ------------------------------------------------------------------- robot and control loop
+class RobotError(MetagraspError):
+    """The robot cannot be brought up as its robot file describes (wrong model, a servo
+    reporting a fault, a lifecycle step called out of order)."""
+
+
+class ActivationRefusedError(RobotError):
+    """Torque was not enabled: the servos' stored limits or positions disagree with the
+    robot file. ``problems`` lists each disagreement."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = tuple(problems)
+        lines = "\n  - ".join(self.problems)
+        super().__init__(
+            f"refusing to enable torque:\n  - {lines}\nFix: run `metagrasp calibrate-joints` "
+            "with the arm in its zero pose (and --write-limits to store the file's limits in "
+            "the servos), or move the arm by hand into its limits with torque off."
+        )
+
+
+class UnsafeCommandError(MetagraspError):
+    """The policy produced a command the shield cannot repair (NaN or inf)."""
+
+
+class WatchdogError(MetagraspError):
+    """The host-side deadline watchdog tripped: a control cycle took far too long."""
+
+
+class EmergencyStopError(MetagraspError):
+    """The run was stopped by Ctrl-C or a signal; the robot was made safe."""
+
+
+class PoseSourceError(MetagraspError):
+    """The object-pose source failed: stream closed, malformed line, or pose too old."""

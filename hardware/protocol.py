@@ -116,6 +116,14 @@ class ServoProtocol(Protocol):
 
     def encode_reboot(self, servo_id: int) -> bytes: ...
 
+    def decode_instruction(self, frame: bytes) -> InstructionPacket | None:
+        """Servo side: decode a verified frame as an instruction (None: a status packet)."""
+        ...
+
+    def encode_status(self, servo_id: int, error: int = 0, params: bytes = b"") -> bytes:
+        """Servo side: build the status packet a servo sends."""
+        ...
+
     def parse_ping(self, packet: StatusPacket) -> PingInfo: ...
 
     def status_error(self, packet: StatusPacket, *, allow_alert: bool) -> ServoStatusError | None:
