@@ -292,6 +292,8 @@ class ControlLoop:
             t_read = time.monotonic()
             pose = self.pose.read()
             obs = self.observer.build(reading, pose, prev)
+            if buffer.n:
+                buffer.arrays["next_obs"][buffer.n - 1] = obs
             action = np.asarray(self.policy.act(obs), np.float32).reshape(-1)
             if action.shape != (6,) or not np.all(np.isfinite(action)):
                 raise UnsafeCommandError(
@@ -325,3 +327,14 @@ class ControlLoop:
             )
             last_start = start
             prev = applied
+        # One more cycle without acting: the observation the last action led to (adaptation
+        # episodes need next_obs for every step).
+        self._wait()
+        self._check()
+        reading = robot.read()
+        robot.write(self.shield.filter(self.action_map.targets, reading.q)[0])
+        buffer.arrays["next_obs"][buffer.n - 1] = self.observer.build(
+            reading, self.pose.read(), prev
+        )
+        self.watchdog.beat()
+        self._advance(time.monotonic())

@@ -16,7 +16,7 @@ and wrapped by :class:`BundlePolicy`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -107,27 +107,62 @@ BUILTIN_POLICIES = {"hold": HoldPolicy, "sweep": SweepPolicy}
 
 
 class BundlePolicy:
-    """Adapts a ``metagrasp.adapt.runtime`` bundle (``act(obs, state)``) to :class:`Policy`."""
+    """Adapts a ``metagrasp.adapt.runtime`` bundle (``act(obs, state)``) to :class:`Policy`.
 
-    def __init__(self, bundle: Any) -> None:
+    The spec comes from the bundle's metadata (``env.family``, ``env.action_map``,
+    ``control_hz``, ``obs_names``), so the device maps actions exactly as in training.
+
+    Args:
+        bundle: A loaded :class:`metagrasp.adapt.runtime.PolicyBundle`.
+        explore: Act with ``bundle.explore`` (Gaussian draws, for collecting adaptation
+            episodes) instead of the deterministic action; the raw draw is returned (the
+            loop records it and commands it clipped).
+        seed: Seed of the exploration noise.
+    """
+
+    def __init__(self, bundle: Any, *, explore: bool = False, seed: int = 0) -> None:
         self.bundle = bundle
-        meta = getattr(bundle, "metadata", {}) or {}
-        meta = meta if isinstance(meta, dict) else vars(meta)
+        meta = bundle.metadata
         obs_names = meta.get("obs_names")
         if obs_names is not None and tuple(obs_names) != OBS_NAMES:
             raise ConfigError(
                 "the policy was trained on another observation layout than this device "
                 f"builds ({len(obs_names)} vs {len(OBS_NAMES)} values); export it again"
             )
-        known = {f.name for f in fields(PolicySpec)}
-        self.spec = PolicySpec(**{k: meta[k] for k in known if k in meta})
-        self._state = bundle.init_state()
+        env = meta.get("env") or {}
+        family = env.get("family")
+        if family not in ("reach", "grasp-lift", "place"):
+            raise ConfigError(
+                f"the policy was trained on task family {family!r}, not an arm task "
+                "(reach, grasp-lift, place): it cannot drive a robot"
+            )
+        amap = env.get("action_map") or {}
+        self.spec = PolicySpec(
+            action_mode=amap.get("action_mode", "ee"),
+            control_hz=float(meta.get("control_hz") or amap.get("control_hz", 25.0)),
+            task=family,
+            max_tcp_delta=float(amap.get("max_tcp_delta", 0.012)),
+            max_joint_delta=float(amap.get("max_joint_delta", 0.06)),
+        )
+        self.explore = explore
+        self._rng = np.random.default_rng(seed)
+        self.state = bundle.init_state()
+        """The bundle's state (adapted by calibration via ``bundle.adapt``)."""
+        self._episode_start = self.state
 
     def reset(self) -> None:
-        self._state = self.bundle.init_state()
+        """Start an episode from the current (possibly adapted) task state."""
+        self.state = self._episode_start
+
+    def set_task_state(self, state: Any) -> None:
+        """Use an adapted state from now on (e.g. after ``bundle.adapt``)."""
+        self._episode_start = self.state = state
 
     def act(self, obs: np.ndarray) -> np.ndarray:
-        action, self._state = self.bundle.act(obs, self._state)
+        if self.explore:
+            _, sample, self.state = self.bundle.explore(obs, self.state, self._rng)
+            return np.asarray(sample, np.float32).reshape(-1)
+        action, self.state = self.bundle.act(obs, self.state)
         return np.asarray(action, np.float32).reshape(-1)
 
 

@@ -61,6 +61,7 @@ class EpisodeBuffer:
         "compute_s": ((), np.float64),  # read + policy + write duration
         "missed": ((), np.bool_),  # the cycle's work ran past the next cycle's start
         "obs": ((len(OBS_NAMES),), np.float32),
+        "next_obs": ((len(OBS_NAMES),), np.float32),  # the observation after the step
         "action": ((6,), np.float32),  # as the policy returned it
         "target": ((6,), np.float64),  # the action map's servo targets (sim units)
         "command": ((6,), np.float64),  # after the safety shield: what was sent
