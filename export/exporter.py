@@ -236,12 +236,15 @@ def _quality(
         "success_fp32": base["success"],
         f"success_{precision}": quant["success"],
         "success_change": quant["success"] - base["success"],
+        "return_fp32": base["return"],
+        f"return_{precision}": quant["return"],
         "max_abs_action_diff_random": q_diff,
         "max_allowed_drop": MAX_SUCCESS_DROP,
     }
     log(
         f"{precision}: success {quant['success']:.3f} vs fp32 {base['success']:.3f} on "
-        f"{base['episodes']} test episodes (change {res['success_change']:+.3f}); "
+        f"{base['episodes']} test episodes (change {res['success_change']:+.3f}; mean return "
+        f"{quant['return']:.3f} vs {base['return']:.3f}); "
         f"max |action diff| on random inputs {q_diff:.2e}"
     )
     if abs(res["success_change"]) > MAX_SUCCESS_DROP:

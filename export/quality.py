@@ -55,7 +55,8 @@ def success_rate(
     """Deterministic success of a bundle on a split (after 0..K adaptation episodes).
 
     Returns:
-        ``success`` (mean over every episode), ``episodes`` and the per-k rates.
+        ``success`` and ``return`` (means over every episode), ``episodes`` and the
+        per-k success rates.
     """
     from metagrasp.policies.evaluate import meta_test
 
@@ -72,6 +73,7 @@ def success_rate(
     succ = raw["success"]
     return {
         "success": float(succ.mean()),
+        "return": float(raw["returns"].mean()),
         "episodes": int(succ.size),
         "per_k": [float(succ[:, :, k].mean()) for k in range(succ.shape[2])],
     }

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -90,6 +91,9 @@ def quantize_policy(model: onnx.ModelProto, precision: str) -> onnx.ModelProto:
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
         out = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False)
+        # The converter appends its input casts at the end of the node list; ONNX wants
+        # nodes in topological order.
+        _toposort(out.graph)
     elif precision == "int8":
         import tempfile
 
@@ -98,12 +102,39 @@ def quantize_policy(model: onnx.ModelProto, precision: str) -> onnx.ModelProto:
         with tempfile.TemporaryDirectory() as tmp:
             src, dst = Path(tmp, "in.onnx"), Path(tmp, "out.onnx")
             onnx.save(model, src)
-            quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
+            # The quantiser logs a pre-processing hint on the root logger for every call.
+            root = logging.getLogger()
+            level = root.level
+            root.setLevel(logging.ERROR)
+            try:
+                quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
+            finally:
+                root.setLevel(level)
             out = onnx.load(dst)
     else:
         raise ExportError(f"unknown precision {precision!r}; allowed: {list(PRECISIONS)}")
     out.ir_version = IR_VERSION
     return out
+
+
+def _toposort(graph: onnx.GraphProto) -> None:
+    """Reorder a graph's nodes so that every node comes after its inputs' producers."""
+    ready = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending, order = list(graph.node), []
+    while pending:
+        rest = []
+        for node in pending:
+            if all(name in ready for name in node.input):
+                order.append(node)
+                ready.update(node.output)
+            else:
+                rest.append(node)
+        if len(rest) == len(pending):
+            raise ExportError("the converted graph has a cycle or a dangling input")
+        pending = rest
+    copies = [onnx.NodeProto.FromString(n.SerializeToString()) for n in order]
+    del graph.node[:]
+    graph.node.extend(copies)
 
 
 def _props(model: onnx.ModelProto, meta: dict[str, Any]) -> None:
