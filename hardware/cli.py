@@ -39,6 +39,7 @@ def run_deploy(args: argparse.Namespace) -> int:
         park_s=args.park_seconds,
         settle_s=args.settle_seconds,
         place_goal=_floats(args.goal, 3, "--goal") if args.goal else None,
+        realtime_priority=args.realtime_priority,
     )
     summary = deploy(
         policy,
@@ -129,6 +130,12 @@ def add_hardware_parsers(sub: Any) -> None:
         "--action-mode", choices=["ee", "joint"], default=None, help="built-in policies only"
     )
     p.add_argument("--json", default=None, help="also write the session summary as JSON")
+    p.add_argument(
+        "--realtime-priority",
+        type=int,
+        default=0,
+        help="run the loop under SCHED_FIFO at this priority (Linux, needs privileges)",
+    )
     p.set_defaults(handler=run_deploy)
 
     p = sub.add_parser(
@@ -167,4 +174,7 @@ def add_hardware_parsers(sub: Any) -> None:
     )
     p.add_argument("--pose-port", type=int, default=0, help="TCP port of the pose stream")
     p.add_argument("--seconds", type=float, default=0.0, help="stop after this long (0: never)")
+    p.add_argument(
+        "--realtime-priority", type=int, default=0, help="serve under SCHED_FIFO (Linux)"
+    )
     p.set_defaults(handler=run_virtual_robot)

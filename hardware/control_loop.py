@@ -23,6 +23,7 @@ the caller, who writes it out whatever way the episode ends.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -41,7 +42,13 @@ from metagrasp.hardware.robot import JointReading, Robot
 from metagrasp.hardware.shield import SafetyShield, ShieldLimits
 from metagrasp.kinematics import ARM
 
-__all__ = ["ControlLoop", "DeadlineWatchdog", "LoopConfig", "timing_summary"]
+__all__ = [
+    "ControlLoop",
+    "DeadlineWatchdog",
+    "LoopConfig",
+    "set_realtime_priority",
+    "timing_summary",
+]
 
 
 @dataclass
@@ -66,6 +73,9 @@ class LoopConfig:
     on a busy machine is what makes periods jitter."""
     place_goal: tuple[float, float, float] | None = None
     """Goal position for the ``place`` task (m)."""
+    realtime_priority: int = 0
+    """If > 0, run the loop's process under SCHED_FIFO at this priority (Linux; needs
+    root or CAP_SYS_NICE, else a note is logged and the loop runs at normal priority)."""
 
     def __post_init__(self) -> None:
         if not 1.0 <= self.rate_hz <= 500.0:
@@ -81,6 +91,19 @@ class LoopConfig:
     def period_s(self) -> float:
         """Cycle period (s)."""
         return 1.0 / self.rate_hz
+
+
+def set_realtime_priority(priority: int) -> str:
+    """Put this process under SCHED_FIFO at ``priority``; returns what happened (a note).
+
+    Sleep overshoot under load is what makes a Python loop's period jitter; a real-time
+    class lets the kernel wake the loop ahead of ordinary processes.
+    """
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+    except (AttributeError, OSError) as exc:
+        return f"real-time priority {priority} not granted ({exc}); running at normal priority"
+    return f"running under SCHED_FIFO priority {priority}"
 
 
 class DeadlineWatchdog:
@@ -177,6 +200,7 @@ class ControlLoop:
         place = None if config.place_goal is None else np.array(config.place_goal)
         self.observer = ObservationBuilder(spec.task, place)
         self.watchdog = DeadlineWatchdog(config.watchdog_s, self._on_watchdog)
+        self.realtime_note = ""
         self._next = 0.0
 
     # ------------------------------------------------------------------------- timing
@@ -219,6 +243,8 @@ class ControlLoop:
 
     def start(self) -> None:
         """Start the clock and the watchdog (after the robot is activated)."""
+        if self.config.realtime_priority > 0:
+            self.realtime_note = set_realtime_priority(self.config.realtime_priority)
         self._next = time.monotonic()
         self.watchdog.start()
 

@@ -161,6 +161,8 @@ def deploy(
             log(f"robot {cfg.name!r} active on {port}: {len(cfg.ids)} servos, {loop.rate_hz:g} Hz")
             ctl = ControlLoop(robot, pol, pose, loop, stop=stop)
             ctl.start()
+            if ctl.realtime_note:
+                log(ctl.realtime_note)
             for k in range(episodes):
                 ctl.prepare_episode(k)
                 buffer = EpisodeBuffer(loop.episode_steps)

@@ -385,6 +385,10 @@ def serve_cli(args) -> int:  # noqa: ANN001 (argparse.Namespace)
             print(f"fault command: {line.strip()}", flush=True)
 
     threading.Thread(target=read_commands, name="vr-stdin", daemon=True).start()
+    if args.realtime_priority > 0:
+        from metagrasp.hardware.control_loop import set_realtime_priority
+
+        print(set_realtime_priority(args.realtime_priority), flush=True)
     vr.start()
     try:
         deadline = time.monotonic() + args.seconds if args.seconds > 0 else None
