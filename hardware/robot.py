@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,7 +35,10 @@ from metagrasp.hardware.errors import (
 )
 from metagrasp.hardware.robot_config import RobotConfig
 
-__all__ = ["JointReading", "Robot", "RobotPhase"]
+__all__ = ["SETUP_RETRIES", "JointReading", "Robot", "RobotPhase"]
+
+SETUP_RETRIES = 5
+"""Bus retries during connect/configure/activate (the loop uses the robot file's)."""
 
 
 class RobotPhase(enum.Enum):
@@ -98,12 +102,23 @@ class Robot:
         return cls(config, bus)
 
     # ----------------------------------------------------------------------- lifecycle
+    @contextlib.contextmanager
+    def _patient(self) -> Iterator[None]:
+        """More retries for set-up steps: they are not time-critical, and one corrupted
+        reply among the dozens of set-up transactions must not abort a session."""
+        retries = self.bus.retries
+        self.bus.retries = max(retries, SETUP_RETRIES)
+        try:
+            yield
+        finally:
+            self.bus.retries = retries
+
     def _require(self, *phases: RobotPhase) -> None:
         if self.phase not in phases:
             allowed = " or ".join(p.value for p in phases)
             raise RobotError(f"robot is {self.phase.value}; this step needs it {allowed}")
 
-    def connect(self) -> None:
+    def _connect(self) -> None:
         """Ping every servo and check its model; refuse servos with latched faults."""
         self._require(RobotPhase.DISCONNECTED)
         names = list(self.config.joints)
@@ -120,7 +135,7 @@ class Robot:
                     f"joint {name}: servo id {j.id} is model number {number}, the robot file "
                     f"says {j.model} ({j.servo.model_number}); fix the id or the model"
                 )
-        faults = self.hardware_faults()
+        faults = self._hardware_faults()
         if faults:
             raise RobotError(
                 "servo(s) report a latched hardware fault: "
@@ -130,7 +145,7 @@ class Robot:
             )
         self.phase = RobotPhase.CONNECTED
 
-    def hardware_faults(self) -> dict[int, str]:
+    def _hardware_faults(self) -> dict[int, str]:
         """Servo id -> description of its latched hardware fault, for faulted servos."""
         reg = "hardware_error_status" if self.config.protocol == "dynamixel" else "status"
         out = {}
@@ -146,7 +161,7 @@ class Robot:
             self.bus.reboot(i)
         time.sleep(0.05)
 
-    def configure(self) -> None:
+    def _configure(self) -> None:
         """Torque off; operating modes (EEPROM, written only if different); full force."""
         self._require(RobotPhase.CONNECTED, RobotPhase.CONFIGURED)
         bus = self.bus
@@ -162,7 +177,7 @@ class Robot:
         self._write_force(1.0)
         self.phase = RobotPhase.CONFIGURED
 
-    def check_activation(self) -> list[str]:
+    def _check_activation(self) -> list[str]:
         """Disagreements between the servos and the robot file (empty: safe to activate).
 
         The file's limits must lie within each servo's stored position limits (else the
@@ -189,7 +204,7 @@ class Robot:
                 )
         return problems
 
-    def write_limits(self) -> None:
+    def _write_limits(self) -> None:
         """Store the file's limits (in ticks) in every servo (EEPROM; torque must be off)."""
         self._require(RobotPhase.CONNECTED, RobotPhase.CONFIGURED)
         for j in self.config.joints.values():
@@ -201,7 +216,7 @@ class Robot:
             if self.config.protocol == "feetech":
                 self.bus.write_register(j.id, "lock", 1)
 
-    def activate(self) -> JointReading:
+    def _activate(self) -> JointReading:
         """Enable torque holding the present pose, after :meth:`check_activation` passes.
 
         Returns:
@@ -211,7 +226,7 @@ class Robot:
             ActivationRefusedError: The servos disagree with the file; torque stays off.
         """
         self._require(RobotPhase.CONFIGURED)
-        problems = self.check_activation()
+        problems = self._check_activation()
         if problems:
             raise ActivationRefusedError(problems)
         reading = self._read()
@@ -256,6 +271,36 @@ class Robot:
         if self.phase is RobotPhase.ACTIVE:
             self.phase = RobotPhase.CONFIGURED
         return failed
+
+    def connect(self) -> None:
+        """Ping every servo and check its model; refuse servos with latched faults."""
+        with self._patient():
+            self._connect()
+
+    def configure(self) -> None:
+        """Torque off; operating modes (EEPROM, written only if different); full force."""
+        with self._patient():
+            self._configure()
+
+    def check_activation(self) -> list[str]:
+        """Disagreements between the servos and the robot file (see :meth:`activate`)."""
+        with self._patient():
+            return self._check_activation()
+
+    def write_limits(self) -> None:
+        """Store the file's limits (in ticks) in every servo (EEPROM; torque must be off)."""
+        with self._patient():
+            self._write_limits()
+
+    def activate(self) -> JointReading:
+        """Enable torque holding the present pose (see :meth:`_activate`)."""
+        with self._patient():
+            return self._activate()
+
+    def hardware_faults(self) -> dict[int, str]:
+        """Servo id -> description of its latched hardware fault, for faulted servos."""
+        with self._patient():
+            return self._hardware_faults()
 
     def disconnect(self) -> None:
         """Close the port (torque should be off: call :meth:`deactivate` first)."""

@@ -20,7 +20,7 @@ def test_device_constants_equal_the_scenes():
     assert actions.PAD_HALF_HEIGHT == scene.PAD_HALF_HEIGHT
     assert actions.GRIPPER_CTRL_MIN == scene.GRIPPER_CTRL_MIN
     assert actions.GRIPPER_SPEED == scene.GRIPPER_SPEED
-    assert actions.GOAL_LIFT == pytest.approx(LIFT_HEIGHT + 0.02)
+    assert pytest.approx(LIFT_HEIGHT + 0.02) == actions.GOAL_LIFT
     cfg = ActionMapConfig()
     env_cfg = EnvConfig()
     assert (cfg.control_hz, cfg.max_tcp_delta, cfg.max_joint_delta) == (
@@ -56,7 +56,9 @@ def test_device_observation_matches_the_envs():
         obs, *_ = env.step(np.array([0.5, -0.3, -0.5, 0.2, 0.0, 0.6], np.float32))
     d, h = env.data, env.h
     oq = h.object_qpos
-    pose = ObjectPose(d.qpos[oq : oq + 3].copy(), actions.canonical_quat(d.qpos[oq + 3 : oq + 7].copy()), 0.0)
+    pose = ObjectPose(
+        d.qpos[oq : oq + 3].copy(), actions.canonical_quat(d.qpos[oq + 3 : oq + 7].copy()), 0.0
+    )
     start = ObjectPose(env._obj_start.copy(), pose.quaternion, 0.0)
     q = d.qpos[h.arm_qpos].copy()
     effort = np.zeros(6)
@@ -67,7 +69,9 @@ def test_device_observation_matches_the_envs():
     mine = builder.build(reading, pose, obs[14:20])
     # The coupled second finger tracks the first within the equality constraint's softness.
     rel = slice(20, 23)
-    np.testing.assert_allclose(np.delete(mine, range(20, 23)), np.delete(obs, range(20, 23)), atol=2e-4)
+    np.testing.assert_allclose(
+        np.delete(mine, range(20, 23)), np.delete(obs, range(20, 23)), atol=2e-4
+    )
     # The sim reads its TCP site from the kinematics computed *before* its last physics
     # step integrated the joints (4 ms stale); the device's forward kinematics of the read
     # joints is current. The difference is the hand's motion in 4 ms: under a millimetre.

@@ -17,7 +17,9 @@ from metagrasp.hardware.recorder import (
 def _buffer(n, value=1.0):
     b = EpisodeBuffer(capacity=10)
     for k in range(n):
-        b.row(t=k * 0.02, period=0.02, obs=np.full(33, value), action=np.full(6, value), missed=k == 1)
+        b.row(
+            t=k * 0.02, period=0.02, obs=np.full(33, value), action=np.full(6, value), missed=k == 1
+        )
     return b
 
 

@@ -93,7 +93,9 @@ def test_tick_conversion_round_trips_within_half_a_tick(fractions):
     assert ticks.dtype == np.int64
     assert np.all(np.abs(cfg.from_ticks(ticks) - q) <= 0.5 / a["ticks_per_unit"] + 1e-12)
     raw = cfg.velocity_to_raw(q)
-    assert np.all(np.abs(cfg.velocity_from_raw(raw) - q) <= a["velocity_unit"] / a["ticks_per_unit"])
+    assert np.all(
+        np.abs(cfg.velocity_from_raw(raw) - q) <= a["velocity_unit"] / a["ticks_per_unit"]
+    )
     # Direction flips the sign of ticks around the offset.
     j = cfg.joints["shoulder_lift"]
     assert j.direction == -1 and j.to_ticks(0.1) < j.offset

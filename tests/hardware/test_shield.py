@@ -44,7 +44,10 @@ def test_output_always_within_limits(target, present):
     safe, _ = s.filter(np.array(target), p)
     assert np.all(safe >= LIM.lower) and np.all(safe <= LIM.upper)
     inside = (p >= LIM.lower) & (p <= LIM.upper)
-    assert np.all(np.abs(safe - p)[inside] <= np.minimum(LIM.max_step, LIM.max_velocity * 0.04)[inside] + 1e-12)
+    assert np.all(
+        np.abs(safe - p)[inside]
+        <= np.minimum(LIM.max_step, LIM.max_velocity * 0.04)[inside] + 1e-12
+    )
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])

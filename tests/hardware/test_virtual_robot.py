@@ -1,0 +1,232 @@
+"""Deploy against the virtual robot through a real pseudo-terminal: lifecycle, recording,
+and fault injection. Every fault test ends with torque off (or the servo-side watchdog
+holding the arm when the port is gone) and the recorded episodes intact and readable."""
+
+import os
+import signal
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from metagrasp.hardware.control_loop import LoopConfig
+from metagrasp.hardware.deploy import calibrate_joints, deploy
+from metagrasp.hardware.emulator import FaultSpec
+from metagrasp.hardware.errors import ActivationRefusedError
+from metagrasp.hardware.policies import PolicySpec, SweepPolicy
+from metagrasp.hardware.recorder import load_recording
+from metagrasp.hardware.robot import Robot
+from metagrasp.hardware.robot_config import load_robot_file, save_robot_file, virtual_arm_config
+from metagrasp.kinematics import ARM
+from metagrasp.sim.virtual_robot import VirtualRobot
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="needs os.openpty")
+
+RATE = 50.0
+
+
+@pytest.fixture
+def virtual_robot():
+    made = []
+
+    def factory(protocol="dynamixel", faults="", **kw):
+        vr = VirtualRobot(virtual_arm_config(protocol), faults=FaultSpec.parse(faults), **kw)
+        made.append(vr.start())
+        return vr
+
+    yield factory
+    for vr in made:
+        vr.stop()
+
+
+def _loop(steps=10):
+    return LoopConfig(rate_hz=RATE, episode_steps=steps, park_s=0.2, settle_s=0.1)
+
+
+def _deploy(vr, tmp_path, policy=None, episodes=1, steps=10, robot=None, **kw):
+    return deploy(
+        policy or SweepPolicy(PolicySpec(control_hz=RATE)),
+        robot or vr.robot,
+        vr.path,
+        pose_source=vr.pose_address,
+        episodes=episodes,
+        loop=_loop(steps),
+        record_dir=str(tmp_path / "rec"),
+        log=lambda s: None,
+        **kw,
+    )
+
+
+def _torque(vr):
+    return [vr.chain.get(i, "torque_enable") for i in vr.robot.ids]
+
+
+@pytest.mark.parametrize("protocol", ["dynamixel", "feetech"])
+def test_protocol_round_trips_against_the_virtual_robot(virtual_robot, protocol):
+    vr = virtual_robot(protocol)
+    robot = Robot.open(vr.robot, vr.path)
+    try:
+        robot.connect()  # pings and model numbers (XM430-W350: 1020, STS3215: 777)
+        robot.configure()
+        reading = robot.read()
+        np.testing.assert_allclose(reading.q, ARM.home, atol=0.01)
+        assert robot.check_activation() == []
+        robot.activate()
+        target = reading.q + np.array([0.2, 0.1, 0, 0, 0.3, 0])
+        for _ in range(40):
+            robot.write(target, 1.0)
+            time.sleep(0.01)
+        np.testing.assert_allclose(robot.read().q[[0, 4]], target[[0, 4]], atol=0.05)
+        assert robot.deactivate() == []
+        assert _torque(vr) == [0] * 6
+    finally:
+        robot.disconnect()
+
+
+@pytest.mark.parametrize("protocol", ["dynamixel", "feetech"])
+def test_deploy_runs_and_records_episodes(virtual_robot, tmp_path, protocol):
+    vr = virtual_robot(protocol)
+    s = _deploy(vr, tmp_path, episodes=2)
+    assert s.error is None and s.torque_off_failures == []
+    assert [e["status"] for e in s.episodes] == ["ok", "ok"]
+    assert _torque(vr) == [0] * 6
+    assert vr.episodes_started == 2  # the pose stream's episode markers re-placed the object
+    rec = load_recording(tmp_path / "rec")
+    data = rec["episodes"][1]["data"]
+    assert data["obs"].shape == (10, 33) and np.all(np.isfinite(data["obs"]))
+    np.testing.assert_array_equal(data["next_obs"][:-1], data["obs"][1:])
+    assert np.any(data["next_obs"][-1] != 0)
+    # The object pose in the observation is the simulated object's.
+    np.testing.assert_allclose(data["obs"][-1, 23:26], vr.object_pose()[0], atol=0.01)
+    assert rec["sessions"][0]["robot"]["protocol"] == protocol
+    assert s.timing["cycles"] == 20
+
+
+def test_corrupted_and_dropped_bytes_are_retried(virtual_robot, tmp_path):
+    vr = virtual_robot("dynamixel", "corrupt=0.01,drop=0.01,seed=3")
+    s = _deploy(vr, tmp_path, steps=25)
+    assert s.bus["crc_errors"] + s.bus["timeouts"] > 0 and s.bus["retries"] > 0
+    # Set-up retries harder; in the loop a reply lost twice in a row aborts the episode
+    # (a typed bus error), which is recorded like any other.
+    assert s.error is None or "Error" in s.error
+    assert [e["status"] for e in s.episodes] in (["ok"], ["aborted"], [])
+    assert _torque(vr) == [0] * 6
+    assert len(load_recording(tmp_path / "rec")["episodes"]) == len(s.episodes)
+
+
+@pytest.mark.parametrize("protocol", ["dynamixel", "feetech"])
+def test_a_silent_servo_aborts_and_the_others_are_switched_off(virtual_robot, tmp_path, protocol):
+    vr = virtual_robot(protocol, "silent=3@0.5")
+    s = _deploy(vr, tmp_path, steps=100)
+    assert "PacketTimeoutError" in s.error and "3" in s.error
+    assert s.episodes[-1]["status"] == "aborted"
+    # The silent servo executes the torque-off write but cannot confirm it: reported.
+    assert any("id 3" in f for f in s.torque_off_failures)
+    assert _torque(vr) == [0] * 6
+    ep = load_recording(tmp_path / "rec")["episodes"][-1]
+    assert ep["status"] == "aborted" and 0 < ep["steps"] < 100
+
+
+def test_an_overload_aborts_with_torque_off(virtual_robot, tmp_path):
+    vr = virtual_robot("dynamixel", "overload=6@0.5")
+    s = _deploy(vr, tmp_path, steps=100)
+    assert "ServoStatusError" in s.error and "alert" in s.error
+    assert s.torque_off_failures == []
+    assert _torque(vr) == [0] * 6
+    assert load_recording(tmp_path / "rec")["episodes"][-1]["status"] == "aborted"
+
+
+def test_a_lost_port_is_reported_and_the_servo_watchdog_holds(virtual_robot, tmp_path):
+    vr = virtual_robot("dynamixel", "disconnect@0.5")
+    s = _deploy(vr, tmp_path, steps=100)
+    assert "PortError" in s.error
+    assert len(s.torque_off_failures) == 6  # nothing can reach the servos any more
+    rec = load_recording(tmp_path / "rec")
+    assert rec["episodes"][-1]["status"] == "port_lost"
+    # Servo side: the bus watchdog (100 ms) stops every servo once the host is gone.
+    time.sleep(0.3)
+    assert vr.chain.watchdog_tripped == set(vr.robot.ids)
+
+
+def test_ctrl_c_is_an_emergency_stop(virtual_robot, tmp_path):
+    vr = virtual_robot("feetech")
+    timer = threading.Timer(0.6, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        s = _deploy(vr, tmp_path, steps=200)
+    finally:
+        timer.cancel()
+    assert "EmergencyStopError" in s.error
+    assert s.episodes[-1]["status"] == "estop"
+    assert s.torque_off_failures == [] and _torque(vr) == [0] * 6
+    assert load_recording(tmp_path / "rec")["episodes"][-1]["steps"] < 200
+
+
+class _Stalls(SweepPolicy):
+    def act(self, obs):
+        if self.t == 3:
+            time.sleep(0.4)
+        return super().act(obs)
+
+
+class _Nan(SweepPolicy):
+    def act(self, obs):
+        a = super().act(obs)
+        if self.t == 4:
+            a[2] = np.nan
+        return a
+
+
+def test_the_deadline_watchdog_trips_on_a_stalled_loop(virtual_robot, tmp_path):
+    vr = virtual_robot("dynamixel")
+    s = _deploy(vr, tmp_path, policy=_Stalls(PolicySpec(control_hz=RATE)), steps=20)
+    assert "WatchdogError" in s.error
+    assert _torque(vr) == [0] * 6
+    assert load_recording(tmp_path / "rec")["episodes"][-1]["status"] == "aborted"
+
+
+def test_a_nan_action_stops_the_run(virtual_robot, tmp_path):
+    vr = virtual_robot("feetech")
+    s = _deploy(vr, tmp_path, policy=_Nan(PolicySpec(control_hz=RATE)), steps=20)
+    assert "UnsafeCommandError" in s.error
+    assert _torque(vr) == [0] * 6
+    ep = load_recording(tmp_path / "rec")["episodes"][-1]
+    assert ep["steps"] == 3 and np.isnan(ep["data"]["action"]).sum() == 0
+
+
+def test_activation_refuses_a_robot_file_that_disagrees(virtual_robot, tmp_path):
+    vr = virtual_robot("dynamixel")
+    wrong = virtual_arm_config("dynamixel")
+    wrong.joints["elbow_flex"].offset += 300  # a stale calibration
+    path = tmp_path / "wrong.yaml"
+    save_robot_file(wrong, path)
+    s = _deploy(vr, tmp_path, robot=str(path))
+    assert "refusing to enable torque" in s.error and "elbow_flex" in s.error
+    assert not s.episodes and _torque(vr) == [0] * 6
+    robot = Robot.open(load_robot_file(path), vr.path)
+    try:
+        robot.connect()
+        robot.configure()
+        with pytest.raises(ActivationRefusedError, match="servo stores"):
+            robot.activate()
+    finally:
+        robot.disconnect()
+
+
+def test_calibrate_joints_recovers_the_offsets(virtual_robot, tmp_path):
+    vr = virtual_robot("feetech")
+    off = virtual_arm_config("feetech")
+    for j in off.joints.values():
+        j.offset += 25
+    path = tmp_path / "arm.yaml"
+    save_robot_file(off, path)
+    new = calibrate_joints(str(path), vr.path, pose="home", log=lambda s: None)
+    truth = virtual_arm_config("feetech")
+    for name, j in new.joints.items():
+        assert abs(j.offset - truth.joints[name].offset) <= 2, name
+    assert load_robot_file(path).to_dict() == new.to_dict()
+    assert (tmp_path / "arm.yaml.bak").exists()
+    s = _deploy(vr, tmp_path, robot=str(path))
+    assert s.error is None
