@@ -18,7 +18,9 @@ Action modes (6 values in [-1, 1] each):
 The gripper action is absolute in both modes: g > 0 moves the gripper target towards
 past-closed at the servo's profile speed with a current (force) limit of
 :func:`grip_fraction` ``(g)`` x full, log-scaled from :data:`GRIP_MIN_FRACTION` at g -> 0
-to full at g = 1; g <= 0 moves it towards fully open at full current.
+to full at g = 1; g <= 0 is position control of the opening at full current, from
+closed (g = 0) to fully open (g = -1), so a closed position target on an object squeezes
+at full force.
 """
 
 from __future__ import annotations
@@ -188,7 +190,9 @@ class ActionMapConfig:
     grip_closed: float = GRIPPER_CTRL_MIN
     """Gripper target of a closing command (m of finger travel, past the closed stop)."""
     grip_open: float = ARM.joint_upper[5]
-    """Gripper target of an opening command (m)."""
+    """Gripper target of a fully opening command, g = -1 (m)."""
+    grip_stop: float = ARM.joint_lower[5]
+    """The closed stop (m): the position target of g = 0."""
     grip_speed: float = GRIPPER_SPEED
     """Profile speed of the gripper target (m/s)."""
 
@@ -263,7 +267,10 @@ class ActionMap:
         # servo's speed towards past-closed (or fully open) and the current limit caps the
         # squeeze, so the fingers meet the object gently and then press with the commanded
         # force whatever the object's width.
-        goal = self.config.grip_closed if g > 0.0 else self.config.grip_open
+        # g <= 0 is plain position control of the opening at full current, so a policy can
+        # hover with the fingers just wider than the object and close in a step or two.
+        c = self.config
+        goal = c.grip_closed if g > 0.0 else c.grip_stop + (-g) * (c.grip_open - c.grip_stop)
         step = self._grip_step
         self.grip_target = min(max(goal, self.grip_target - step), self.grip_target + step)
         return self.grip_target

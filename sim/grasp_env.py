@@ -20,7 +20,8 @@ Contract:
       current-based position control (Dynamixel operating mode 5; a torque limit on
       Feetech STS): a value g > 0 closes the fingers at the servo's speed and squeezes
       with at most 0.5 N x 40^g per pad (log scale: 0.5 N at g -> 0+, 20 N at g = 1;
-      :func:`metagrasp.actions.grip_fraction`); g <= 0 opens them. The arm servos get position
+      :func:`metagrasp.actions.grip_fraction`); g <= 0 is position control of the
+      opening at full current (g = -1 fully open, g = 0 closed). The arm servos get position
       targets, exactly what a servo bus accepts.
     * ``reset(seed=, options={"task": TaskParams | dict, "object_pose": (x, y, yaw)})``
       sets the task; without a task one is drawn from the env's split. The object is put
