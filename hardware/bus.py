@@ -509,9 +509,15 @@ class ServoBus:
         deadline = time.monotonic() + self.timeout_s
         while pending:
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            data = self._read(self._reader.bytes_wanted(), remaining)
+            if remaining > 0:
+                data = self._read(self._reader.bytes_wanted(), remaining)
+            else:
+                # Past the deadline (this thread may simply not have been scheduled in
+                # time): replies already received still count, so take what is buffered
+                # without waiting before declaring a timeout.
+                data = self._read(4096, 0.0)
+                if not data:
+                    break
             for reply in self._reader.feed(data):
                 if first and reply.raw == sent:
                     self.stats.echoes += 1  # Feetech echoes look like replies; drop ours

@@ -23,6 +23,7 @@ the caller, who writes it out whatever way the episode ends.
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
 import time
@@ -245,11 +246,16 @@ class ControlLoop:
         """Start the clock and the watchdog (after the robot is activated)."""
         if self.config.realtime_priority > 0:
             self.realtime_note = set_realtime_priority(self.config.realtime_priority)
+        # Objects allocated so far (imports, the policy) leave the collector's view: a full
+        # collection would otherwise walk all of them, a pause of many milliseconds.
+        gc.collect()
+        gc.freeze()
         self._next = time.monotonic()
         self.watchdog.start()
 
     def close(self) -> None:
         self.watchdog.stop()
+        gc.unfreeze()
 
     # ------------------------------------------------------------------- between episodes
     def move_to(self, pose: np.ndarray, seconds: float) -> JointReading:

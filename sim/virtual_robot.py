@@ -24,6 +24,7 @@ Nothing on the deploy side knows the robot is virtual.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import select
 import socket
@@ -275,6 +276,10 @@ class VirtualRobot:
     def serve(self) -> None:
         """Serve the bus and the pose stream and step physics in real time until stopped."""
         dt = scene.PHYSICS_DT
+        # MuJoCo, dm_control and gymnasium leave a large heap: keep the collector from
+        # walking it (a full collection stalls the servos' replies for tens of ms).
+        gc.collect()
+        gc.freeze()
         next_step = next_pose = time.monotonic()
         m, d = self.model, self.data
         while not self._stop.is_set():
@@ -317,6 +322,7 @@ class VirtualRobot:
             if now >= next_pose:
                 self._publish()
                 next_pose = max(next_pose + self.pose_period, now)
+        gc.unfreeze()
 
     def _flush(self, now: float) -> None:
         while self._pending and self._pending[0][0] <= now:
