@@ -71,9 +71,10 @@ def _grasp_facts(spec: EnvSpec) -> dict[str, Any]:
             "tcp_box_m": [list(b) for b in TCP_BOX],
             "wrist_pitch_offset_rad": PITCH_OFFSET,
             "finger_yaw_rad_at_1": math.pi / 2,
-            "gripper": "g > 0 closes with a current limit of "
-            f"{GRIP_MIN_FRACTION:g} ** (1 - g) of full (metagrasp.actions.grip_fraction); "
-            "g <= 0 opens at full current",
+            # The semantics live in one place (metagrasp.actions); its docstring says it.
+            "gripper": "see metagrasp.actions.ActionMap: g > 0 squeezes with a current "
+            f"limit of {GRIP_MIN_FRACTION:g} ** (1 - g) of full; g <= 0 is position "
+            "control of the opening (0 closed, -1 fully open)",
         },
     }
 

@@ -26,9 +26,11 @@ How the planned algorithms map onto it:
 * PEARL: state = ``z`` (posterior mean; ``z_var`` too if wanted); ``adapt`` = the context
   encoder over the transitions (``obs, actions, rewards, next_obs, mask`` ->
   ``next.z``, ``next.z_var``) with ``restart: True``; ``policy`` takes ``obs, z``.
-* RL²: state = ``hidden``, ``prev_action``?, ``prev_reward``, ``prev_done`` (the runtime's
-  ``observe`` writes the last two); ``policy`` is the single step returning
-  ``next.hidden``; no ``adapt`` graph (the hidden state carries across episodes).
+* RL²: state = ``hidden``, ``prev_reward``, ``prev_done`` (the runtime's ``observe``
+  writes the last two after every step) and, if the step takes it, ``prev_action``
+  (which the graph itself returns as ``next.prev_action``); ``policy`` is the single
+  step returning ``next.hidden``; no ``adapt`` graph (the hidden state carries across
+  episodes of a task; ``init_state()`` starts a new task).
 * RMA: state = ``history`` (the last H observations); ``policy`` shifts it in the graph
   and returns ``next.history``; ``reward_free: True``.
 

@@ -243,3 +243,17 @@ def test_cli_bench_policy(runs, tmp_path, capsys):
     assert {"onnxruntime", "torch_module", "torch_algo_act"} <= set(res["act"])
     assert {"onnxruntime", "torch_algo_adapt"} <= set(res["adapt"])
     assert res["act"]["onnxruntime"]["p50_us"] > 0
+
+
+def test_grasp_metadata_rebuilds_the_device_action_map():
+    """What the device needs to turn actions into servo targets is in the metadata."""
+    from metagrasp.actions import EE_ACTION_NAMES, OBS_NAMES, ActionMapConfig
+    from metagrasp.export.metadata import env_facts
+
+    facts = env_facts(EnvSpec("grasp-lift", 33, 6, 11, 100, OBS_NAMES, EE_ACTION_NAMES))
+    cfg = ActionMapConfig(**json.loads(json.dumps(facts["env"]["action_map"])))
+    assert cfg.action_mode == "ee" and facts["control_hz"] == cfg.control_hz == 25.0
+    assert facts["episode_length"] == 100 and len(facts["obs_units"]) == 33
+    assert facts["joint_names"][-1] == "gripper" and len(facts["joint_lower"]) == 6
+    assert facts["action_scale"][0] == cfg.max_tcp_delta
+    assert facts["obs_units"][0] == "rad" and facts["obs_units"][-1] == "m"
