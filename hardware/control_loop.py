@@ -34,7 +34,12 @@ import numpy as np
 
 from metagrasp.actions import ActionMap, ActionMapConfig
 from metagrasp.errors import ConfigError
-from metagrasp.hardware.errors import EmergencyStopError, UnsafeCommandError, WatchdogError
+from metagrasp.hardware.errors import (
+    EmergencyStopError,
+    ProtocolError,
+    UnsafeCommandError,
+    WatchdogError,
+)
 from metagrasp.hardware.observation import ObservationBuilder
 from metagrasp.hardware.policies import Policy
 from metagrasp.hardware.pose import PoseSource
@@ -74,6 +79,9 @@ class LoopConfig:
     on a busy machine is what makes periods jitter."""
     place_goal: tuple[float, float, float] | None = None
     """Goal position for the ``place`` task (m)."""
+    max_bus_failures: int = 2
+    """Consecutive cycles whose servo read failed (after the bus's retries) that are
+    skipped before the episode is aborted; faults retrying cannot fix abort at once."""
     realtime_priority: int = 0
     """If > 0, run the loop's process under SCHED_FIFO at this priority (Linux; needs
     root or CAP_SYS_NICE, else a note is logged and the loop runs at normal priority)."""
@@ -202,6 +210,8 @@ class ControlLoop:
         self.observer = ObservationBuilder(spec.task, place)
         self.watchdog = DeadlineWatchdog(config.watchdog_s, self._on_watchdog)
         self.realtime_note = ""
+        self.skipped_cycles = 0
+        """Cycles of the current episode skipped after a failed servo read."""
         self._next = 0.0
 
     # ------------------------------------------------------------------------- timing
@@ -317,10 +327,25 @@ class ControlLoop:
         prev = np.zeros(6, np.float32)
         t0 = self._next
         last_start = None
-        for _ in range(self.config.episode_steps):
+        self.skipped_cycles = 0
+        failures = 0
+        while buffer.n < self.config.episode_steps:
             due, start = self._wait()
             self._check()
-            reading = robot.read()
+            try:
+                reading = robot.read()
+            except ProtocolError as exc:
+                # A lost or corrupted reply (after the bus's own retries): skip this cycle,
+                # the servos keep their last goal as after a late cycle. Only a run of them
+                # (or a fault that retrying cannot fix) ends the episode.
+                failures += 1
+                if not exc.retryable or failures > self.config.max_bus_failures:
+                    raise
+                self.skipped_cycles += 1
+                self.watchdog.beat()
+                self._advance(time.monotonic())
+                continue
+            failures = 0
             t_read = time.monotonic()
             pose = self.pose.read()
             obs = self.observer.build(reading, pose, prev)

@@ -183,6 +183,7 @@ def deploy(
                         else f"{type(failure).__name__}: {failure}",
                         "timing": timing_summary(data["period"], data["missed"], loop.period_s),
                         "bus": robot.bus.stats.as_dict(),
+                        "skipped_cycles": ctl.skipped_cycles,
                     }
                     if recorder is not None:
                         path = recorder.write_episode(buffer, meta)

@@ -164,6 +164,23 @@ def test_ctrl_c_is_an_emergency_stop(virtual_robot, tmp_path):
     assert load_recording(tmp_path / "rec")["episodes"][-1]["steps"] < 200
 
 
+def test_a_brief_bus_glitch_skips_cycles_without_aborting(virtual_robot, tmp_path):
+    vr = virtual_robot("dynamixel")
+
+    class Glitch(SweepPolicy):
+        def act(self, obs):
+            if self.t == 5:  # servo 2 goes quiet for 45 ms: two reads fail, then it is back
+                vr.command("silent 2")
+                threading.Timer(0.045, vr.command, ("speak 2",)).start()
+            return super().act(obs)
+
+    s = _deploy(vr, tmp_path, policy=Glitch(PolicySpec(control_hz=RATE)), steps=20)
+    assert s.error is None, s.error
+    ep = s.episodes[0]
+    assert ep["status"] == "ok" and ep["skipped_cycles"] >= 1
+    assert load_recording(tmp_path / "rec")["episodes"][0]["steps"] == 20
+
+
 class _Stalls(SweepPolicy):
     def act(self, obs):
         if self.t == 3:
