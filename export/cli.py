@@ -41,8 +41,9 @@ def add_export_parser(sub: Any, handler: Any) -> None:
     p.add_argument(
         "--real-episodes",
         type=int,
-        default=5,
-        help="sim episodes (test split) for the end-to-end parity check (0 = skip)",
+        default=100,
+        help="sim episodes (test split) for the end-to-end parity check: every valid "
+        "step's action, and one adaptation per episode (0 = skip)",
     )
     p.add_argument(
         "--quality-seeds",

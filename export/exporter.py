@@ -128,7 +128,7 @@ def export_run(
     checkpoint: str | Path | None = None,
     precision: str = "fp32",
     random_inputs: int = 1000,
-    real_episodes: int = 5,
+    real_episodes: int = 100,
     quality_seeds: tuple[int, ...] = (0, 1, 2, 3, 4),
     log: Any = print,
 ) -> ExportReport:
