@@ -16,7 +16,6 @@ import dataclasses
 import shutil
 import signal
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -138,6 +137,7 @@ def deploy(
     pose = open_pose_source(pose_source) if isinstance(pose_source, str) else pose_source
     robot: Robot | None = None
     ctl: ControlLoop | None = None
+    stopped_by: BaseException | None = None
     all_periods: list[np.ndarray] = []
     all_missed: list[np.ndarray] = []
     with estop_on_signals(stop) as signals:
@@ -197,13 +197,20 @@ def deploy(
                     )
         except (MetagraspError, KeyboardInterrupt) as exc:
             summary.error = f"{type(exc).__name__}: {exc}"
+            stopped_by = exc
             log(f"stopping: {summary.error}")
         finally:
             if ctl is not None:
                 ctl.close()
             if robot is not None:
                 summary.torque_off_failures = _shutdown(
-                    robot, ctl, park=park_on_exit and len(signals) < 2, error=summary.error, log=log
+                    robot,
+                    ctl,
+                    # Parking needs a healthy bus, and a second signal means "off, now".
+                    park=park_on_exit
+                    and len(signals) < 2
+                    and not isinstance(stopped_by, ProtocolError),
+                    log=log,
                 )
                 summary.bus = robot.bus.stats.as_dict()
             pose.close()
@@ -217,18 +224,10 @@ def deploy(
 
 
 def _shutdown(
-    robot: Robot,
-    ctl: ControlLoop | None,
-    *,
-    park: bool,
-    error: str | None,
-    log: Callable[[str], None],
+    robot: Robot, ctl: ControlLoop | None, *, park: bool, log: Callable[[str], None]
 ) -> list[str]:
     """Stop commanding, maybe park, torque off servo by servo, close the port."""
-    bus_fault = error is not None and any(
-        k in error for k in ("PortError", "PacketTimeoutError", "ServoStatusError", "WrongIdError")
-    )
-    if park and ctl is not None and robot.phase is RobotPhase.ACTIVE and not bus_fault:
+    if park and ctl is not None and robot.phase is RobotPhase.ACTIVE:
         ctl.stop.clear()  # the e-stop ended the episode; parking is the safe way down
         try:
             ctl.watchdog.stop()
@@ -292,21 +291,7 @@ def calibrate_joints(
             old = j.offset
             j.offset = float(ticks - j.direction * j.ticks_per_unit * q_ref)
             log(f"{name:14s} id {j.id:3d}: offset {old:8.1f} -> {j.offset:8.1f} ticks")
-        new = RobotConfig(
-            **{
-                k: getattr(cfg, k)
-                for k in (
-                    "joints",
-                    "protocol",
-                    "name",
-                    "baudrate",
-                    "timeout_ms",
-                    "retries",
-                    "bus_watchdog_ms",
-                    "position_tolerance",
-                )
-            }
-        )  # re-validates: the limits must still map into the servo's range
+        new = dataclasses.replace(cfg)  # re-validated: limits must still fit the servos
         target = out_file or robot_file
         if target == robot_file:
             shutil.copy2(robot_file, f"{robot_file}.bak")
@@ -325,4 +310,3 @@ def calibrate_joints(
     finally:
         robot.deactivate(force=True)
         robot.disconnect()
-        time.sleep(0)
