@@ -5,7 +5,7 @@ action scales it was trained with), ``reset()`` (start of an episode) and
 ``act(obs) -> action`` (6 floats in [-1, 1]; out-of-range values are clipped by the loop,
 NaN/inf stop the run). Built-ins, for bring-up, tests and soak runs (``builtin:NAME``):
 
-* ``hold``: all zeros (ee mode: the TCP target stays put; the gripper opens);
+* ``hold``: zero arm actions (ee mode: the TCP target stays put), gripper -1 (open);
 * ``sweep``: slow, deterministic TCP circles with the gripper closing and opening, the
   wrist rolling: every servo moves, nothing leaves the workspace.
 
@@ -68,7 +68,7 @@ class Policy(Protocol):
 
 
 class HoldPolicy:
-    """Zero actions: the arm holds its pose, the gripper opens."""
+    """Zero arm actions: the arm holds its pose; gripper action -1: fully open."""
 
     def __init__(self, spec: PolicySpec | None = None) -> None:
         self.spec = spec or PolicySpec()
@@ -77,7 +77,9 @@ class HoldPolicy:
         """Stateless."""
 
     def act(self, obs: np.ndarray) -> np.ndarray:
-        return np.zeros(6, np.float32)
+        a = np.zeros(6, np.float32)
+        a[5] = -1.0
+        return a
 
 
 class SweepPolicy:
