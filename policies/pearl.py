@@ -147,10 +147,8 @@ class PEARLConfig:
             raise ConfigError(f"algo.kl_weight={self.kl_weight} must be >= 0")
         if not 0.0 <= self.gamma <= 1.0:
             raise ConfigError(f"algo.gamma={self.gamma} must be in [0, 1]")
-        for name in ("latent_dim", "num_train_tasks", "task_buffer_size", "prior_episodes"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"algo.{name}={getattr(self, name)} must be >= 1")
-        for name in ("meta_batch", "batch_size", "context_min"):
+        positive = ("latent_dim", "num_train_tasks", "task_buffer_size", "prior_episodes")
+        for name in (*positive, "meta_batch", "batch_size", "context_min"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"algo.{name}={getattr(self, name)} must be >= 1")
         if self.posterior_episodes < 0:

@@ -239,3 +239,13 @@ def test_grasp_lift_round_runs(tmp_path):
     ]
     assert main(args) == 0
     assert (out / "checkpoints" / "last.pt").is_file()
+
+
+def test_config_refuses_a_context_smaller_than_its_minimum():
+    from metagrasp.errors import ConfigError
+    from metagrasp.policies.pearl import PEARLConfig
+
+    with pytest.raises(ConfigError, match="context_batch=3 must be >= algo.context_min=5"):
+        PEARLConfig(context_batch=3, context_min=5)
+    with pytest.raises(ConfigError, match=r"algo\.posterior_episodes=-1"):
+        PEARLConfig(posterior_episodes=-1)
