@@ -278,3 +278,148 @@ def squashed_policy_graph(
         sample=_obs_task_sampler(module.norm, obs_dim, task_dim, {}),
         quantizable=True,
     )
+
+
+# --- RMA: the history-conditioned policy and the calibration -----------------------------
+
+
+def _shifted_windows(flagged: torch.Tensor, history: int) -> torch.Tensor:
+    """``(B, T, C)`` -> ``(B, T, history, C)`` windows ending at each step, zero-padded.
+
+    Built from static slices (not ``unfold``) so it traces to plain ONNX ops.
+    """
+    b, t, c = flagged.shape
+    padded = torch.cat([torch.zeros(b, history - 1, c, dtype=flagged.dtype), flagged], 1)
+    return torch.stack([padded[:, i : i + t] for i in range(history)], 2)
+
+
+class RMAPolicy(nn.Module):
+    """``obs, history, z, calibrated`` -> ``action, mean, log_std, next.history``.
+
+    The window gets the newest normalised observation (with a validity flag); the latent
+    is the calibrated ``z`` where ``calibrated`` is 1, else the adaptation module's
+    estimate from the window, as :meth:`metagrasp.policies.rma.RMA.act` does.
+    """
+
+    def __init__(self, net: ActorCritic, adapter: nn.Sequential) -> None:
+        super().__init__()
+        self.norm = Normalizer(net.norm)
+        self.params = _Params(net.params)
+        self.adapter = _copy_mlp(adapter)
+
+    def forward(self, obs, history, z, calibrated) -> tuple[torch.Tensor, ...]:
+        obs_n = self.norm(obs)
+        new = torch.cat([obs_n, torch.ones_like(obs_n[:, :1])], -1)
+        window = torch.cat([history[:, 1:], new[:, None]], 1)
+        est = self.adapter(window.flatten(1))
+        latent = calibrated * z + (1.0 - calibrated) * est
+        p = self.params.as_dict()
+        mu = fn.policy_mean(p, obs_n, latent)
+        return torch.clamp(mu, -1.0, 1.0), mu, p["log_std"], window
+
+
+class RMACalibrate(nn.Module):
+    """Reward-free calibration: the mean latent estimate over each episode's second half.
+
+    Inputs ``history, z, calibrated`` (the unadapted state) and ``obs (M, k*T, O)``,
+    ``mask (M, k*T)`` (k episodes, each padded to ``T``); outputs a fresh window, the
+    calibrated latent and the flag (1 with ``freeze``, 0 with ``continuous``).
+    """
+
+    def __init__(self, net: ActorCritic, adapter: nn.Sequential, horizon: int, freeze: bool):
+        super().__init__()
+        self.norm = Normalizer(net.norm)
+        self.adapter = _copy_mlp(adapter)
+        self.horizon, self.freeze = int(horizon), bool(freeze)
+
+    def forward(self, history, z, calibrated, obs, mask) -> tuple[torch.Tensor, ...]:
+        t, h = self.horizon, history.shape[1]
+        obs_n = self.norm(obs).reshape(-1, t, obs.shape[-1])  # one row per episode
+        m = mask.reshape(-1, t)
+        flagged = torch.cat([obs_n, torch.ones_like(obs_n[..., :1])], -1)
+        est = self.adapter(_shifted_windows(flagged, h).flatten(-2))
+        steps = torch.arange(t, dtype=m.dtype)[None]
+        late = (steps >= 0.5 * m.sum(1, keepdim=True)).to(m.dtype) * m
+        num = (est * late[..., None]).sum(1).reshape(z.shape[0], -1, z.shape[1]).sum(1)
+        den = late.sum(1).reshape(z.shape[0], -1).sum(1, keepdim=True)
+        flag = torch.full_like(calibrated, 1.0 if self.freeze else 0.0)
+        return torch.zeros_like(history), num / torch.clamp(den, min=1.0), flag
+
+
+def rma_graphs(algo: Any) -> list[GraphSpec]:
+    """RMA's policy and calibration graphs, checked against the algorithm's own code."""
+    from types import SimpleNamespace
+
+    net, c, s = algo.net.ac, algo.config, algo.spec
+    h, lat, o, t = c.history, c.latent_dim, s.obs_dim, s.max_steps
+    policy = RMAPolicy(net, algo.adapter)
+    state = {
+        "history": torch.zeros(1, h, o + 1),
+        "z": torch.zeros(1, lat),
+        "calibrated": torch.zeros(1, 1),
+    }
+
+    def sample_state(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        hist = rng.standard_normal((n, h, o + 1)).astype(np.float32)
+        hist[..., -1] = 1.0
+        return {
+            "history": hist,
+            "z": rng.standard_normal((n, lat)).astype(np.float32),
+            "calibrated": (rng.random((n, 1)) < 0.5).astype(np.float32),
+        }
+
+    def sample_policy(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        return {"obs": policy.norm.sample((n,), rng), **sample_state(n, rng)}
+
+    def ref_policy(obs, history, z, calibrated) -> tuple[torch.Tensor, ...]:
+        with torch.no_grad():
+            window = algo._push(history, obs.numpy())
+            latent = torch.where(calibrated > 0, z, algo.estimate(window))
+            mu = net.mean(net.norm(obs), latent)
+            return torch.clamp(mu, -1.0, 1.0), mu, net.actor["log_std"].detach(), window
+
+    calib = RMACalibrate(net, algo.adapter, t, c.calibration == "freeze")
+
+    def sample_calib(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        k = int(rng.integers(1, 4))
+        lengths = rng.integers(1, t + 1, (n, k))
+        mask = (np.arange(t)[None, None] < lengths[..., None]).astype(np.float32)
+        obs = calib.norm.sample((n, k * t), rng) * mask.reshape(n, k * t, 1)
+        return {**sample_state(n, rng), "obs": obs, "mask": mask.reshape(n, k * t)}
+
+    def ref_calib(history, z, calibrated, obs, mask) -> tuple[torch.Tensor, ...]:
+        n = obs.shape[0]
+        per_ep = zip(
+            obs.reshape(n, -1, t, o).unbind(1), mask.reshape(n, -1, t).unbind(1), strict=True
+        )
+        eps = [SimpleNamespace(obs=e.numpy(), mask=mk.numpy()) for e, mk in per_ep]
+        new = algo.adapt({"window": history, "z": None}, eps)
+        flag = torch.full_like(calibrated, 1.0 if c.calibration == "freeze" else 0.0)
+        return new["window"], new["z"], flag
+
+    members = {"history": {0: "n"}, "z": {0: "n"}, "calibrated": {0: "n"}}
+    return [
+        GraphSpec(
+            role="policy",
+            module=policy,
+            inputs={"obs": torch.zeros(1, o), **state},
+            outputs=("action", "mean", "log_std", "next.history"),
+            dynamic_axes={"obs": {0: "n"}, "action": {0: "n"}, "mean": {0: "n"}}
+            | members
+            | {"next.history": {0: "n"}},
+            sample=sample_policy,
+            reference=ref_policy,
+            quantizable=True,
+        ),
+        GraphSpec(
+            role="adapt",
+            module=calib,
+            inputs={**state, "obs": torch.zeros(1, t, o), "mask": torch.ones(1, t)},
+            outputs=("next.history", "next.z", "next.calibrated"),
+            dynamic_axes=members
+            | {"obs": {0: "n", 1: "b"}, "mask": {0: "n", 1: "b"}}
+            | {f"next.{k}": {0: "n"} for k in ("history", "z", "calibrated")},
+            sample=sample_calib,
+            reference=ref_calib,
+        ),
+    ]

@@ -278,6 +278,36 @@ class RMA(PPO):
         n = state["window"].shape[0]
         return {"window": self._empty_window(n), "z": self.calibrated_latent(episodes)}
 
+    def export_modules(self) -> Any:
+        """Deployable graphs (the seam of :mod:`metagrasp.export.plan`): the student policy
+        with its running history window, and the reward-free calibration."""
+        from metagrasp.export.modules import rma_graphs
+        from metagrasp.export.plan import ExportPlan
+
+        c, s = self.config, self.spec
+        return ExportPlan(
+            self.name,
+            rma_graphs(self),
+            init_state={
+                "history": self._empty_window(1),
+                "z": torch.zeros(1, c.latent_dim),
+                "calibrated": torch.zeros(1, 1),
+            },
+            adaptation={
+                "kind": "history",
+                "reward_free": True,
+                "restart": True,
+                "episode_fields": ["obs"],
+                "settings": {
+                    "history": c.history,
+                    "latent_dim": c.latent_dim,
+                    "calibration": c.calibration,
+                    "episode_length": s.max_steps,
+                },
+            },
+            exploration="gaussian",
+        )
+
     # --- phase 2: collect -> regress --------------------------------------------------------
 
     @torch.no_grad()

@@ -179,3 +179,41 @@ def test_teacher_mode_acts_from_the_privileged_latent_and_eval_can_select_it(tmp
     bad = ["eval", str(run), "--set", "algo.act_with=ghost", "--workers", "0"]
     assert main(bad) != 0
     assert "act_with='ghost'" in capsys.readouterr().err
+
+
+def test_export_carries_the_history_policy_and_reward_free_calibration(tmp_path):
+    """The bundle acts and calibrates as the algorithm does, from observations alone."""
+    from metagrasp.adapt.runtime import load_bundle
+    from metagrasp.cli import main
+    from metagrasp.export import exporter
+    from metagrasp.policies.runner import load_trained
+
+    run = tmp_path / "rma"
+    args = ["train", "--algo", "rma", "--task", "point-nav", "--preset", "quick"]
+    args += ["--set", "run.total_env_steps=800", "--set", "algo.teacher_steps=400"]
+    assert main([*args, "--set", "run.workers=0", "--out", str(run), "--no-progress"]) == 0
+    out = tmp_path / "policy.onnx"
+    report = exporter.export_run(run, out, random_inputs=1000, real_episodes=5, log=print)
+    assert set(report.files) == {"policy", "adapt", "init"}
+    bundle = load_bundle(out)
+    assert bundle.reward_free and bundle.metadata["adaptation"]["kind"] == "history"
+    algo, _, spec = load_trained(run)
+    rng = np.random.default_rng(0)
+    obs = rng.normal(size=(spec.max_steps, spec.obs_dim)).astype(np.float32)
+    state, ref = bundle.init_state(), algo.init_state(1)
+    for t in range(spec.max_steps):
+        a, state = bundle.act(obs[t], state)
+        b, ref = algo.act(obs[t][None], None, ref, deterministic=True)
+        assert np.allclose(a, np.clip(b[0], -1, 1), atol=1e-5)
+    # Calibration from observations only (no rewards, actions or dones given).
+    state = bundle.adapt(state, [{"obs": obs[:13]}, {"obs": obs}])
+    assert state["calibrated"][0, 0] == 1.0
+    mask = np.zeros((1, spec.max_steps), np.float32)
+    mask[0, :13] = 1.0
+    eps = [
+        Episodes(obs[None], obs[None, :, :2], mask * 0, obs[None], mask * 0, m, None, None)
+        for m in (mask, np.ones_like(mask))
+    ]
+    eps[0].obs = np.where(mask[..., None] > 0, obs[None], 0.0).astype(np.float32)
+    z = algo.calibrated_latent(eps)
+    assert np.allclose(state["z"], z.numpy(), atol=1e-5)
