@@ -84,6 +84,8 @@ LIFT_HEIGHT = 0.05
 """Grasp-lift success height above the object's start (m)."""
 CONTACT_FORCE = 0.2
 """Pad force (N) above which a pad counts as touching the object."""
+CLOSE_RADIUS = 0.02
+"""TCP-to-object distance (m) within which closing the fingers earns the ``close`` term."""
 
 
 @dataclass
@@ -113,6 +115,7 @@ class EnvConfig:
     reward_weights: dict[str, float] = dataclasses.field(
         default_factory=lambda: {
             "reach": 0.5,
+            "close": 0.5,
             "grasp": 0.5,
             "lift": 2.0,
             "hold": 2.0,
@@ -162,9 +165,20 @@ class EnvConfig:
 _SETTLE_INTERVALS = (25, 50, 90)
 """Physics steps between the velocity resets of the quasi-static settle at reset."""
 _GRIP_CLOSED, _GRIP_OPEN = scene.GRIPPER_CTRL_MIN, ARM.joint_upper[5]
+_GRIP_SPAN = ARM.joint_upper[5] - ARM.joint_lower[5]
 _NOISY = np.r_[0:13, 23:26]
 _NOISE_SCALE = np.r_[np.ones(6), 5 * np.ones(6), 1.0, 0.5 * np.ones(3)]
-REWARD_TERMS = ("reach", "grasp", "lift", "hold", "place", "crush", "drop", "action_rate")
+REWARD_TERMS = (
+    "reach",
+    "close",
+    "grasp",
+    "lift",
+    "hold",
+    "place",
+    "crush",
+    "drop",
+    "action_rate",
+)
 
 
 def _quat_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -474,6 +488,11 @@ class GraspEnv(gym.Env):
         if kind == "reach":
             success = dist < 0.02
         else:
+            if dist < CLOSE_RADIUS and not self._crushed:
+                # Closing the fingers with the object between them: without this, a policy
+                # that learned to approach with the gripper wide open (fingers that are half
+                # closed bump the object away) never tries to close it again.
+                terms["close"] = 1.0 - float(d.qpos[h.arm_qpos[5]]) / _GRIP_SPAN
             terms["grasp"] = float(grasped)
             if kind == "grasp-lift":
                 terms["lift"] = min(max(height / LIFT_HEIGHT, 0.0), 1.0) * grasped
