@@ -116,6 +116,7 @@ def soak(protocol: str, cycles: int, rate: float, rt: int) -> dict:
         "wire_ms_per_cycle_at_baud": wire_ms,
         "bus": bus,
         "episode_status": summary.episodes[0]["status"] if summary.episodes else None,
+        "skipped_cycles": summary.episodes[0].get("skipped_cycles") if summary.episodes else None,
         "error": summary.error,
         "torque_off_failures": summary.torque_off_failures,
         "loadavg_before": load_before,
