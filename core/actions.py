@@ -101,7 +101,7 @@ PAD_HALF_HEIGHT = 0.022
 GRIPPER_CTRL_MIN = -0.02
 """Gripper target below the closed stop (m) where a closing command aims, so the current
 limit alone sets the squeeze."""
-GRIPPER_SPEED = 0.07
+GRIPPER_SPEED = 0.2
 """Finger speed (m/s) of the gripper's profile velocity."""
 GRIP_MIN_FRACTION = 0.025
 """Current limit (fraction of full) of the gentlest squeeze, g -> 0+. The scale between it

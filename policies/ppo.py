@@ -54,6 +54,9 @@ class PPOConfig:
     """Episode blocks (one episode per env member) collected per iteration."""
     target_kl: float = 0.05
     """Stop the epochs early when the approximate KL exceeds this (0 = never)."""
+    bound_coef: float = 0.0
+    """Weight of a penalty on mean actions beyond +-1.1 (rl_games' bounds loss): the env
+    clips actions to [-1, 1], so a mean far outside gets no gradient from exploration."""
 
     def __post_init__(self) -> None:
         if not self.hidden or min(self.hidden) < 1:
@@ -71,10 +74,13 @@ class PPOConfig:
 
 def _presets(budget_quick: int, budget_default: int, envs: int) -> dict[str, dict[str, Any]]:
     return {
-        "grasp:quick": {"run": {"total_env_steps": budget_quick, "num_envs": envs}, "algo": {}},
+        "grasp:quick": {
+            "run": {"total_env_steps": budget_quick, "num_envs": envs},
+            "algo": {"bound_coef": 0.01},
+        },
         "grasp:default": {
             "run": {"total_env_steps": budget_default, "num_envs": envs},
-            "algo": {},
+            "algo": {"bound_coef": 0.01},
         },
         "point:quick": {
             "run": {"total_env_steps": 200_000, "num_envs": 100},
@@ -192,6 +198,9 @@ class PPO:
                     1.0 + np.log(2 * np.pi)
                 )
                 loss = pg + cfg.vf_coef * v_loss - cfg.ent_coef * entropy
+                if cfg.bound_coef > 0:
+                    excess = torch.relu(net.mean(x).abs() - 1.1)
+                    loss = loss + cfg.bound_coef * (excess**2).sum(-1).mean()
                 self.opt.zero_grad()
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.max_grad_norm)

@@ -145,6 +145,9 @@ class TeacherNet(nn.Module):
     ) -> torch.Tensor:
         return self.ac.log_prob(x_n[..., : self.obs_dim], actions, self.latent(x_n))
 
+    def mean(self, x_n: torch.Tensor, context: None = None) -> torch.Tensor:
+        return self.ac.mean(x_n[..., : self.obs_dim], self.latent(x_n))
+
     def value(self, x_n: torch.Tensor, context: None = None) -> torch.Tensor:
         return self.ac.value(x_n[..., : self.obs_dim], self.latent(x_n))
 
@@ -187,11 +190,11 @@ class RMA(PPO):
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "grasp:quick": {
             "run": {"total_env_steps": 120_000, "num_envs": 32},
-            "algo": {"teacher_steps": 90_000},
+            "algo": {"teacher_steps": 90_000, "bound_coef": 0.01},
         },
         "grasp:default": {
             "run": {"total_env_steps": 7_000_000, "num_envs": 32},
-            "algo": {"teacher_steps": 6_000_000},
+            "algo": {"teacher_steps": 6_000_000, "bound_coef": 0.01},
         },
         "point:quick": {
             "run": {"total_env_steps": 200_000, "num_envs": 100},
