@@ -32,7 +32,14 @@ from metagrasp.hardware.robot import Robot, RobotPhase
 from metagrasp.hardware.robot_config import RobotConfig, load_robot_file, save_robot_file
 from metagrasp.kinematics import ARM
 
-__all__ = ["DeploySummary", "calibrate_joints", "deploy", "estop_on_signals"]
+__all__ = [
+    "DeploySummary",
+    "EpisodeResult",
+    "RobotSession",
+    "calibrate_joints",
+    "deploy",
+    "estop_on_signals",
+]
 
 
 @dataclass
@@ -89,6 +96,181 @@ def _status_of(exc: BaseException | None) -> str:
     return "aborted"
 
 
+@dataclass
+class EpisodeResult:
+    """One finished (or aborted) episode of a session."""
+
+    index: int
+    """Episode number within the session (0, 1, ...)."""
+    data: dict[str, np.ndarray]
+    """Per-step arrays (see :class:`~metagrasp.hardware.recorder.EpisodeBuffer`)."""
+    meta: dict[str, Any]
+    """Status, error, timing summary, bus counters, skipped cycles, recording file."""
+
+
+class RobotSession:
+    """An activated robot running one policy, episode by episode, made safe on exit.
+
+    ``with RobotSession(...) as session:`` opens the port, connects, configures, starts
+    the recording, activates and starts the loop (Ctrl-C/SIGTERM/SIGHUP become an e-stop
+    while inside); :meth:`run_episode` parks, settles, runs and records one episode; on
+    leaving (normally or by any exception) the robot parks unless the bus failed or the
+    user signalled twice, torque goes off servo by servo and the port closes. Between
+    episodes the caller may change the policy's state (e.g. after on-device adaptation).
+    Arguments are those of :func:`deploy`.
+    """
+
+    def __init__(
+        self,
+        policy: Policy | str,
+        robot_file: str | RobotConfig,
+        port: str,
+        *,
+        pose_source: PoseSource | str = "fixed:0.18,0,0.02",
+        loop: LoopConfig | None = None,
+        episode_seconds: float | None = None,
+        record_dir: str | None = None,
+        park_on_exit: bool = True,
+        log: Callable[[str], None] = print,
+    ) -> None:
+        self.config = (
+            robot_file if isinstance(robot_file, RobotConfig) else load_robot_file(robot_file)
+        )
+        self.policy = load_policy(policy) if isinstance(policy, str) else policy
+        self._policy_name = policy if isinstance(policy, str) else type(self.policy).__name__
+        rate = self.policy.spec.control_hz
+        self.loop = loop or LoopConfig(
+            rate_hz=rate, episode_steps=round((episode_seconds or 4.0) * rate)
+        )
+        if abs(self.loop.rate_hz - rate) > 1e-9:
+            log(
+                f"note: loop rate {self.loop.rate_hz:g} Hz differs from the policy's "
+                f"{rate:g} Hz: its actions act per cycle, so motions run "
+                f"{self.loop.rate_hz / rate:.2f}x as fast as in training"
+            )
+        self.port = port
+        self._pose_spec = pose_source
+        self.record_dir = record_dir
+        self.park_on_exit = park_on_exit
+        self.log = log
+        self.summary = DeploySummary(recording=record_dir)
+        self.stop = threading.Event()
+        self.robot: Robot | None = None
+        self.ctl: ControlLoop | None = None
+        self.recorder: EpisodeRecorder | None = None
+        self.pose: PoseSource | None = None
+        self._stack = contextlib.ExitStack()
+        self._signals: list[int] = []
+        self._periods: list[np.ndarray] = []
+        self._missed: list[np.ndarray] = []
+        self._index = 0
+
+    def __enter__(self) -> RobotSession:
+        self._signals = self._stack.enter_context(estop_on_signals(self.stop))
+        try:
+            spec = self._pose_spec
+            self.pose = open_pose_source(spec) if isinstance(spec, str) else spec
+            cfg = self.config
+            self.robot = Robot.open(cfg, self.port)
+            self.robot.connect()
+            self.robot.configure()
+            if self.record_dir is not None:
+                self.recorder = EpisodeRecorder(
+                    self.record_dir,
+                    {
+                        "robot": cfg.to_dict(),
+                        "port": self.port,
+                        "policy": self._policy_name,
+                        "policy_spec": dataclasses.asdict(self.policy.spec),
+                        "loop": dataclasses.asdict(self.loop),
+                    },
+                )
+            self.robot.activate()
+            self.log(
+                f"robot {cfg.name!r} active on {self.port}: {len(cfg.ids)} servos, "
+                f"{self.loop.rate_hz:g} Hz"
+            )
+            self.ctl = ControlLoop(self.robot, self.policy, self.pose, self.loop, stop=self.stop)
+            self.ctl.start()
+            if self.ctl.realtime_note:
+                self.log(self.ctl.realtime_note)
+        except BaseException as exc:
+            self.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        return self
+
+    def run_episode(self, extra_meta: dict[str, Any] | None = None) -> EpisodeResult:
+        """Park, settle, run one episode and record it (also when it fails, then re-raise).
+
+        Args:
+            extra_meta: Added to the episode's index line (e.g. calibration round, reward).
+        """
+        if self.ctl is None or self.robot is None:
+            raise RobotError("the session is not active: use it in a `with` block")
+        ctl, k = self.ctl, self._index
+        self._index += 1
+        ctl.prepare_episode(k)
+        buffer = EpisodeBuffer(self.loop.episode_steps)
+        failure: BaseException | None = None
+        try:
+            ctl.run_episode(buffer)
+        except BaseException as exc:
+            failure = exc
+            raise
+        finally:
+            data = buffer.trimmed()
+            self._periods.append(data["period"])
+            self._missed.append(data["missed"])
+            meta = {
+                "status": _status_of(failure),
+                "error": None if failure is None else f"{type(failure).__name__}: {failure}",
+                "timing": timing_summary(data["period"], data["missed"], self.loop.period_s),
+                "bus": self.robot.bus.stats.as_dict(),
+                "skipped_cycles": ctl.skipped_cycles,
+                **(extra_meta or {}),
+            }
+            if self.recorder is not None:
+                meta["file"] = str(self.recorder.write_episode(buffer, meta))
+            self.summary.episodes.append(meta)
+            t = meta["timing"]
+            p50, p99 = t.get("period_p50_ms", 0.0), t.get("period_p99_ms", 0.0)
+            self.log(
+                f"episode {k}: {meta['status']}, {buffer.n} steps, period p50 "
+                f"{p50:.2f} ms p99 {p99:.2f} ms, {t['missed']} missed"
+            )
+        return EpisodeResult(k, data, meta)
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        if exc is not None:
+            self.log(f"stopping: {type(exc).__name__}: {exc}")
+        try:
+            if self.ctl is not None:
+                self.ctl.close()
+            if self.robot is not None:
+                self.summary.torque_off_failures = _shutdown(
+                    self.robot,
+                    self.ctl,
+                    # Parking needs a healthy bus, and a second signal means "off, now".
+                    park=self.park_on_exit
+                    and len(self._signals) < 2
+                    and not isinstance(exc, ProtocolError),
+                    log=self.log,
+                )
+                self.summary.bus = self.robot.bus.stats.as_dict()
+                self.robot = None
+            if self.pose is not None:
+                self.pose.close()
+                self.pose = None
+        finally:
+            self._stack.close()
+        if self._periods:
+            self.summary.timing = timing_summary(
+                np.concatenate(self._periods), np.concatenate(self._missed), self.loop.period_s
+            )
+        if self.ctl is not None:
+            self.summary.shield = {k: v.tolist() for k, v in self.ctl.shield.counts.items()}
+
+
 def deploy(
     policy: Policy | str,
     robot_file: str | RobotConfig,
@@ -120,107 +302,26 @@ def deploy(
 
     Returns:
         The summary; ``summary.error`` says why the session stopped early, if it did.
+        Errors that are not metagrasp's (bugs) propagate after the robot was made safe.
     """
-    cfg = robot_file if isinstance(robot_file, RobotConfig) else load_robot_file(robot_file)
-    pol = load_policy(policy) if isinstance(policy, str) else policy
-    if loop is None:
-        rate = pol.spec.control_hz
-        loop = LoopConfig(rate_hz=rate, episode_steps=round((episode_seconds or 4.0) * rate))
-    if abs(loop.rate_hz - pol.spec.control_hz) > 1e-9:
-        log(
-            f"note: loop rate {loop.rate_hz:g} Hz differs from the policy's "
-            f"{pol.spec.control_hz:g} Hz: its actions act per cycle, so motions run "
-            f"{loop.rate_hz / pol.spec.control_hz:.2f}x as fast as in training"
-        )
-    summary = DeploySummary(recording=record_dir)
-    stop = threading.Event()
-    pose = open_pose_source(pose_source) if isinstance(pose_source, str) else pose_source
-    robot: Robot | None = None
-    ctl: ControlLoop | None = None
-    stopped_by: BaseException | None = None
-    all_periods: list[np.ndarray] = []
-    all_missed: list[np.ndarray] = []
-    with estop_on_signals(stop) as signals:
-        try:
-            robot = Robot.open(cfg, port)
-            robot.connect()
-            robot.configure()
-            recorder = None
-            if record_dir is not None:
-                recorder = EpisodeRecorder(
-                    record_dir,
-                    {
-                        "robot": cfg.to_dict(),
-                        "port": port,
-                        "policy": policy if isinstance(policy, str) else type(pol).__name__,
-                        "policy_spec": dataclasses.asdict(pol.spec),
-                        "loop": dataclasses.asdict(loop),
-                    },
-                )
-            robot.activate()
-            log(f"robot {cfg.name!r} active on {port}: {len(cfg.ids)} servos, {loop.rate_hz:g} Hz")
-            ctl = ControlLoop(robot, pol, pose, loop, stop=stop)
-            ctl.start()
-            if ctl.realtime_note:
-                log(ctl.realtime_note)
-            for k in range(episodes):
-                ctl.prepare_episode(k)
-                buffer = EpisodeBuffer(loop.episode_steps)
-                failure: BaseException | None = None
-                try:
-                    ctl.run_episode(buffer)
-                except BaseException as exc:
-                    failure = exc
-                    raise
-                finally:
-                    data = buffer.trimmed()
-                    all_periods.append(data["period"])
-                    all_missed.append(data["missed"])
-                    meta = {
-                        "status": _status_of(failure),
-                        "error": None
-                        if failure is None
-                        else f"{type(failure).__name__}: {failure}",
-                        "timing": timing_summary(data["period"], data["missed"], loop.period_s),
-                        "bus": robot.bus.stats.as_dict(),
-                        "skipped_cycles": ctl.skipped_cycles,
-                    }
-                    if recorder is not None:
-                        path = recorder.write_episode(buffer, meta)
-                        meta["file"] = str(path)
-                    summary.episodes.append(meta)
-                    t = meta["timing"]
-                    p50, p99 = t.get("period_p50_ms", 0.0), t.get("period_p99_ms", 0.0)
-                    log(
-                        f"episode {k}: {meta['status']}, {buffer.n} steps, period p50 "
-                        f"{p50:.2f} ms p99 {p99:.2f} ms, {t['missed']} missed"
-                    )
-        except (MetagraspError, KeyboardInterrupt) as exc:
-            summary.error = f"{type(exc).__name__}: {exc}"
-            stopped_by = exc
-            log(f"stopping: {summary.error}")
-        finally:
-            if ctl is not None:
-                ctl.close()
-            if robot is not None:
-                summary.torque_off_failures = _shutdown(
-                    robot,
-                    ctl,
-                    # Parking needs a healthy bus, and a second signal means "off, now".
-                    park=park_on_exit
-                    and len(signals) < 2
-                    and not isinstance(stopped_by, ProtocolError),
-                    log=log,
-                )
-                summary.bus = robot.bus.stats.as_dict()
-            pose.close()
-    if all_periods:
-        summary.timing = timing_summary(
-            np.concatenate(all_periods), np.concatenate(all_missed), loop.period_s
-        )
-    if ctl is not None:
-        summary.shield = {k: v.tolist() for k, v in ctl.shield.counts.items()}
-    return summary
+    session = RobotSession(
+        policy,
+        robot_file,
+        port,
+        pose_source=pose_source,
+        loop=loop,
+        episode_seconds=episode_seconds,
+        record_dir=record_dir,
+        park_on_exit=park_on_exit,
+        log=log,
+    )
+    try:
+        with session:
+            for _ in range(episodes):
+                session.run_episode()
+    except (MetagraspError, KeyboardInterrupt) as exc:
+        session.summary.error = f"{type(exc).__name__}: {exc}"
+    return session.summary
 
 
 def _shutdown(

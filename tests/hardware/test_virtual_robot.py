@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from metagrasp.hardware.control_loop import LoopConfig
-from metagrasp.hardware.deploy import calibrate_joints, deploy
+from metagrasp.hardware.deploy import RobotSession, calibrate_joints, deploy
 from metagrasp.hardware.emulator import FaultSpec
 from metagrasp.hardware.errors import ActivationRefusedError
 from metagrasp.hardware.policies import PolicySpec, SweepPolicy
@@ -102,6 +102,31 @@ def test_deploy_runs_and_records_episodes(virtual_robot, tmp_path, protocol):
     np.testing.assert_allclose(data["obs"][-1, 23:26], vr.object_pose()[0], atol=0.01)
     assert rec["sessions"][0]["robot"]["protocol"] == protocol
     assert s.timing["cycles"] == 20
+
+
+def test_a_session_runs_episodes_one_at_a_time(virtual_robot, tmp_path):
+    """The API calibration builds on: episodes on demand, the policy changeable between."""
+    vr = virtual_robot("feetech")
+    policy = SweepPolicy(PolicySpec(control_hz=RATE))
+    with RobotSession(
+        policy,
+        vr.robot,
+        vr.path,
+        pose_source=vr.pose_address,
+        loop=_loop(),
+        record_dir=str(tmp_path / "rec"),
+        log=lambda s: None,
+    ) as session:
+        first = session.run_episode({"round": 0})
+        assert first.meta["status"] == "ok" and first.data["obs"].shape == (10, 33)
+        policy.period_steps = 10  # e.g. an adapted state for the next episode
+        second = session.run_episode({"round": 1})
+        assert not np.array_equal(first.data["action"], second.data["action"])
+        assert _torque(vr) == [1] * 6
+    assert _torque(vr) == [0] * 6
+    assert session.summary.torque_off_failures == []
+    episodes = load_recording(tmp_path / "rec")["episodes"]
+    assert [e["round"] for e in episodes] == [0, 1]
 
 
 def test_corrupted_and_dropped_bytes_are_retried(virtual_robot, tmp_path):
