@@ -98,7 +98,7 @@ class PPO:
 
     name: ClassVar[str] = "ppo"
     Config: ClassVar[type] = PPOConfig
-    PRESETS: ClassVar[dict[str, dict[str, Any]]] = _presets(120_000, 4_000_000, 32)
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = _presets(120_000, 6_000_000, 32)
     privileged: ClassVar[bool] = False
     """Whether the policy sees the privileged task vector (oracle)."""
 

@@ -193,8 +193,8 @@ class RMA(PPO):
             "algo": {"teacher_steps": 90_000, "bound_coef": 0.01},
         },
         "grasp:default": {
-            "run": {"total_env_steps": 7_000_000, "num_envs": 32},
-            "algo": {"teacher_steps": 6_000_000, "bound_coef": 0.01},
+            "run": {"total_env_steps": 6_000_000, "num_envs": 32},
+            "algo": {"teacher_steps": 5_000_000, "bound_coef": 0.01},
         },
         "point:quick": {
             "run": {"total_env_steps": 200_000, "num_envs": 100},
