@@ -11,8 +11,9 @@ exploring in the first episode pays off through the returns of the later ones, a
 Per step the network computes (:class:`RL2Net`)::
 
     x_t = [norm(obs_t), prev_action, rew_norm(prev_reward), prev_done]
-    h_t = GRU(tanh-MLP(x_t), h_{t-1});  action ~ N(W_mu h_t + b_mu, exp(log_std));
-    value = W_v h_t + b_v
+    h_t = GRU(tanh-MLP(x_t), h_{t-1});  action ~ N(W_mu h_t + b_mu, exp(log_std))
+
+and a critic of the same shape with its own weights gives the value (training only).
 
 ``prev_action`` is the action the env executed (clipped to [-1, 1]), ``prev_reward`` its
 reward, ``prev_done`` is 1 on the first step of every episode after the first of a trial
@@ -79,7 +80,8 @@ class RL2Config:
     ent_coef: float = 0.0
     """Entropy bonus weight."""
     vf_coef: float = 0.5
-    """Value loss weight (actor and critic share the GRU)."""
+    """Value loss weight (the critic has its own GRU: it matters through the joint
+    gradient-norm clip)."""
     max_grad_norm: float = 0.5
     """Gradient clipping norm."""
     log_std_init: float = -0.5
@@ -101,8 +103,27 @@ class RL2Config:
                 raise ConfigError(f"algo.{name}={getattr(self, name)} must be in [0, 1]")
 
 
+def _trunk(in_dim: int, hidden: tuple[int, ...], gru_size: int) -> tuple[nn.Module, nn.GRU]:
+    """Tanh MLP (orthogonal init) feeding a GRU."""
+    layers: list[nn.Module] = []
+    sizes = (in_dim, *hidden)
+    for i in range(len(hidden)):
+        lin = nn.Linear(sizes[i], sizes[i + 1])
+        nn.init.orthogonal_(lin.weight, np.sqrt(2))
+        nn.init.zeros_(lin.bias)
+        layers += [lin, nn.Tanh()]
+    return nn.Sequential(*layers), nn.GRU(sizes[-1], gru_size, batch_first=True)
+
+
 class RL2Net(nn.Module):
-    """The recurrent actor-critic; ``forward`` is the exported step (module docstring)."""
+    """The recurrent policy (``forward`` is the exported step, see the module docstring)
+    and its recurrent critic.
+
+    The critic has its own GRU (same inputs, no shared weights): with one shared trunk
+    the value loss over 80-400-step trials dominated its gradient and training on
+    point-nav collapsed late. The critic is only ever run over whole trials from their
+    start (:meth:`values`), so acting carries the policy's hidden state only.
+    """
 
     def __init__(
         self,
@@ -115,15 +136,9 @@ class RL2Net(nn.Module):
         super().__init__()
         self.norm = RunningNorm(obs_dim)
         self.rew_norm = RunningNorm(1)
-        layers: list[nn.Module] = []
-        sizes = (obs_dim + act_dim + 2, *hidden)
-        for i in range(len(hidden)):
-            lin = nn.Linear(sizes[i], sizes[i + 1])
-            nn.init.orthogonal_(lin.weight, np.sqrt(2))
-            nn.init.zeros_(lin.bias)
-            layers += [lin, nn.Tanh()]
-        self.embed = nn.Sequential(*layers)
-        self.gru = nn.GRU(sizes[-1], gru_size, batch_first=True)
+        in_dim = obs_dim + act_dim + 2
+        self.embed, self.gru = _trunk(in_dim, hidden, gru_size)
+        self.critic_embed, self.critic_gru = _trunk(in_dim, hidden, gru_size)
         self.mu = nn.Linear(gru_size, act_dim)
         self.v = nn.Linear(gru_size, 1)
         self.log_std = nn.Parameter(torch.full((act_dim,), float(log_std_init)))
@@ -139,7 +154,7 @@ class RL2Net(nn.Module):
         prev_reward: torch.Tensor,
         prev_done: torch.Tensor,
     ) -> torch.Tensor:
-        x = torch.cat(
+        return torch.cat(
             [
                 self.norm(obs.float()).float(),
                 prev_action.float(),
@@ -148,7 +163,6 @@ class RL2Net(nn.Module):
             ],
             -1,
         )
-        return self.embed(x)
 
     def sequence(
         self,
@@ -157,14 +171,27 @@ class RL2Net(nn.Module):
         prev_reward: torch.Tensor,
         prev_done: torch.Tensor,
         hidden: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Means (B, T, A), values (B, T) and the last hidden (B, H) over sequences.
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Action means (B, T, A) and the last hidden state (B, H) over sequences.
 
         Inputs are (B, T, ...), ``prev_reward`` and ``prev_done`` (B, T, 1); ``hidden``
         (B, H) is the state before the first step.
         """
-        out, h = self.gru(self._features(obs, prev_action, prev_reward, prev_done), hidden[None])
-        return self.mu(out), self.v(out).squeeze(-1), h[0]
+        x = self.embed(self._features(obs, prev_action, prev_reward, prev_done))
+        out, h = self.gru(x, hidden[None])
+        return self.mu(out), h[0]
+
+    def values(
+        self,
+        obs: torch.Tensor,
+        prev_action: torch.Tensor,
+        prev_reward: torch.Tensor,
+        prev_done: torch.Tensor,
+    ) -> torch.Tensor:
+        """Critic values (B, T) over whole trials (inputs as :meth:`sequence`)."""
+        x = self.critic_embed(self._features(obs, prev_action, prev_reward, prev_done))
+        out, _ = self.critic_gru(x)
+        return self.v(out).squeeze(-1)
 
     def forward(
         self,
@@ -175,7 +202,7 @@ class RL2Net(nn.Module):
         hidden: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One step: ``(action_mean (B, A), new_hidden (B, H))``; see the module docstring."""
-        mu, _, h = self.sequence(
+        mu, h = self.sequence(
             obs[:, None], prev_action[:, None], prev_reward[:, None], prev_done[:, None], hidden
         )
         return mu[:, 0], h
@@ -232,21 +259,21 @@ class RL2:
     def _policy_step(
         self, obs: np.ndarray, state: dict, deterministic: bool
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
-        """Action, its log-prob, the value and the state with the candidate hidden."""
+        """Action, its log-prob, the mean and the state with the candidate hidden."""
         o = torch.as_tensor(obs, dtype=torch.float32)[:, None]
-        mu, v, h = self.net.sequence(
+        mu, h = self.net.sequence(
             o,
             state["prev_action"][:, None],
             state["prev_reward"][:, None],
             state["prev_done"][:, None],
             state["h"],
         )
-        mu, v = mu[:, 0], v[:, 0]
+        mu = mu[:, 0]
         if deterministic:
             a = mu
         else:
             a = mu + self.net.log_std.exp() * torch.randn(mu.shape, generator=self.gen)
-        return a, self.net.log_prob(mu, a), v, {**state, "h_next": h}
+        return a, self.net.log_prob(mu, a), mu, {**state, "h_next": h}
 
     def act(
         self, obs: np.ndarray, task: np.ndarray, state: dict, deterministic: bool = False
@@ -288,10 +315,10 @@ class RL2:
 
         def policy(obs: np.ndarray, task: np.ndarray) -> tuple[np.ndarray, dict]:
             s = state[0]
-            a, logp, v, state[0] = self._policy_step(obs, s, False)
+            a, logp, mu, state[0] = self._policy_step(obs, s, False)
             extras = {
                 "logp": logp.numpy(),
-                "value": v.numpy(),
+                "mean": mu.numpy(),
                 "prev_action": s["prev_action"].numpy(),
                 "prev_reward": s["prev_reward"][:, 0].numpy(),
                 "prev_done": s["prev_done"][:, 0].numpy(),
@@ -330,7 +357,7 @@ class RL2:
             "rewards": cat([b.rewards for b in blocks]),
             "mask": cat([b.mask for b in blocks]),
         }
-        for k in blocks[0].extras:  # logp, value, prev_action, prev_reward, prev_done
+        for k in blocks[0].extras:  # logp, mean, prev_action, prev_reward, prev_done
             out[k] = cat([b.extras[k] for b in blocks])
         lengths = out["mask"].sum(1).long()
         done = torch.zeros_like(out["rewards"])
@@ -342,7 +369,14 @@ class RL2:
         """PPO epochs over whole trials (minibatches of members)."""
         cfg, net = self.config, self.net
         mask = data["mask"]
-        values = data["value"]
+        inputs = (
+            data["obs"],
+            data["prev_action"],
+            data["prev_reward"][..., None],
+            data["prev_done"][..., None],
+        )
+        with torch.no_grad():
+            values = net.values(*inputs)
         next_values = torch.cat([values[:, 1:], torch.zeros_like(values[:, :1])], 1)
         adv, ret = gae(
             data["rewards"], values, next_values, data["done"], mask, cfg.gamma, cfg.gae_lambda
@@ -358,13 +392,9 @@ class RL2:
                 idx = perm[i : i + mb]
                 m = mask[idx]
                 count = m.sum().clamp(min=1.0)
-                mu, v, _ = net.sequence(
-                    data["obs"][idx],
-                    data["prev_action"][idx],
-                    data["prev_reward"][idx][..., None],
-                    data["prev_done"][idx][..., None],
-                    h0[idx],
-                )
+                mb_inputs = tuple(x[idx] for x in inputs)
+                mu, _ = net.sequence(*mb_inputs, h0[idx])
+                v = net.values(*mb_inputs)
                 a_adv = adv[idx]
                 a_mean = (a_adv * m).sum() / count
                 a_std = torch.sqrt((((a_adv - a_mean) * m) ** 2).sum() / count + 1e-8)

@@ -48,7 +48,8 @@ def test_step_module_matches_the_sequence_forward():
     pr, pd = torch.randn(b, t, 1), (torch.rand(b, t, 1) > 0.7).float()
     h0 = torch.randn(b, 6)
     with torch.no_grad():
-        mu_seq, v_seq, h_seq = net.sequence(obs, pa, pr, pd, h0)
+        mu_seq, h_seq = net.sequence(obs, pa, pr, pd, h0)
+        v_seq = net.values(obs, pa, pr, pd)
         h = h0
         for i in range(t):
             mu, h = net(obs[:, i], pa[:, i], pr[:, i], pd[:, i], h)
@@ -80,13 +81,13 @@ def test_hidden_state_is_carried_across_episodes_and_reset_for_a_new_trial():
         )
         np.testing.assert_array_equal(first.extras["prev_reward"][:, 1:], first.rewards[:, :-1])
     # Every episode starts at (0, 0): at the start of a trial (zero hidden state, no
-    # previous step) every member has the same value; in the second episode the carried
-    # hidden state makes them differ, member by member.
+    # previous step) every member has the same mean action; in the second episode the
+    # carried hidden state makes them differ, member by member.
     for blocks in (trial_a, trial_b):
-        v0 = blocks[0].extras["value"][:, 0]
-        assert np.allclose(v0, v0[0])
-        assert np.ptp(blocks[1].extras["value"][:, 0]) > 1e-4
-    np.testing.assert_allclose(trial_a[0].extras["value"][:, 0], trial_b[0].extras["value"][:, 0])
+        m0 = blocks[0].extras["mean"][:, 0]
+        assert np.allclose(m0, m0[0])
+        assert np.ptp(blocks[1].extras["mean"][:, 0, 0]) > 1e-5
+    np.testing.assert_allclose(trial_a[0].extras["mean"][:, 0], trial_b[0].extras["mean"][:, 0])
 
 
 def test_meta_test_state_matches_the_recurrent_forward_of_the_episodes():
@@ -114,7 +115,7 @@ def test_meta_test_state_matches_the_recurrent_forward_of_the_episodes():
     env.close()
     data = RL2.trials(eps)
     with torch.no_grad():
-        mu, _, h = algo.net.sequence(
+        mu, h = algo.net.sequence(
             data["obs"],
             data["prev_action"],
             data["prev_reward"][..., None],
