@@ -80,6 +80,19 @@ def _cmd_bench_policy(args: argparse.Namespace) -> int:
     return run_bench_policy(args)
 
 
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    # Device-side: numpy + onnxruntime + the hardware layer (no torch, no mujoco).
+    from metagrasp.adapt.calibrate_cli import run_calibrate
+
+    return run_calibrate(args)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from metagrasp.demo import run_demo
+
+    return run_demo(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the full argument parser (sub-commands and their options)."""
     parser = argparse.ArgumentParser(
@@ -158,6 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
     from metagrasp.export.cli import add_export_parser
 
     add_export_parser(sub, _cmd_export)
+
+    from metagrasp.adapt.calibrate_cli import add_calibrate_parser
+    from metagrasp.demo import add_demo_parser
+
+    add_calibrate_parser(sub, _cmd_calibrate)
+    add_demo_parser(sub, _cmd_demo)
 
     p = sub.add_parser(
         "inspect",

@@ -32,6 +32,8 @@ def run_deploy(args: argparse.Namespace) -> int:
     from metagrasp.hardware.policies import load_policy
 
     policy = load_policy(args.policy, action_mode=args.action_mode)
+    if args.calibration:
+        _use_calibration(policy, args.calibration)
     rate = args.rate or policy.spec.control_hz
     loop = LoopConfig(
         rate_hz=rate,
@@ -66,6 +68,20 @@ def run_deploy(args: argparse.Namespace) -> int:
     if summary.torque_off_failures:
         return 3
     return 0 if summary.error is None else 1
+
+
+def _use_calibration(policy: Any, path: str) -> None:
+    """Start every episode from a calibration file's adapted state (same bundle only)."""
+    from metagrasp.adapt.calibration_file import check_bundle, load_calibration
+    from metagrasp.errors import ConfigError
+    from metagrasp.hardware.policies import BundlePolicy
+
+    if not isinstance(policy, BundlePolicy):
+        raise ConfigError("--calibration needs an exported policy (.onnx), not a built-in")
+    cal = load_calibration(path)
+    check_bundle(cal, policy.bundle, path)
+    policy.set_task_state(cal.state or policy.state)
+    print(f"using calibration {path} (object {cal.object!r}, made {cal.created})")
 
 
 def _jsonable(value: Any) -> Any:
@@ -130,6 +146,11 @@ def add_hardware_parsers(sub: Any) -> None:
         "--action-mode", choices=["ee", "joint"], default=None, help="built-in policies only"
     )
     p.add_argument("--json", default=None, help="also write the session summary as JSON")
+    p.add_argument(
+        "--calibration",
+        default=None,
+        help="calibration file from `metagrasp calibrate` (refused if made for another bundle)",
+    )
     p.add_argument(
         "--realtime-priority",
         type=int,

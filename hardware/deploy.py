@@ -240,6 +240,36 @@ class RobotSession:
             )
         return EpisodeResult(k, data, meta)
 
+    def hold_during(self, fn: Callable[[], Any], *, park: bool = False) -> Any:
+        """Run ``fn()`` between episodes while the loop keeps the arm still; its result.
+
+        Work between episodes (on-device adaptation, an operator prompt) may take longer
+        than the deadline watchdog (or the servos' bus watchdog) allows without a cycle:
+        ``fn`` runs in a worker thread while this thread keeps cycling, holding the arm
+        where it is (or parked first, with ``park``). An e-stop (signal) stops holding
+        and is raised; ``fn``'s own exception is re-raised here.
+        """
+        if self.ctl is None:
+            raise RobotError("the session is not active: use it in a `with` block")
+        ctl = self.ctl
+        box: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                box["value"] = fn()
+            except BaseException as exc:  # noqa: BLE001 (re-raised in the caller's thread)
+                box["error"] = exc
+
+        if park and self.loop.park_s > 0:
+            ctl.move_to(np.array(self.loop.park_pose), self.loop.park_s)
+        worker = threading.Thread(target=work, name="between-episodes", daemon=True)
+        worker.start()
+        while worker.is_alive():
+            ctl.hold_for(2.0 / self.loop.rate_hz)
+        if "error" in box:
+            raise box["error"]
+        return box.get("value")
+
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         if exc is not None:
             self.log(f"stopping: {type(exc).__name__}: {exc}")

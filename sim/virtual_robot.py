@@ -72,6 +72,8 @@ class VirtualRobot:
         faults: Faults to inject.
         pose_hz: Rate of the object-pose stream (Hz).
         pose_port: TCP port of the pose stream (0: any free port).
+        task: The task itself (e.g. a held-out task of the ``test`` split); overrides
+            ``task_seed``'s draw and ``shape`` (``task_seed`` still seeds placements).
     """
 
     def __init__(
@@ -83,9 +85,10 @@ class VirtualRobot:
         faults: FaultSpec | None = None,
         pose_hz: float = 100.0,
         pose_port: int = 0,
+        task: TaskParams | None = None,
     ) -> None:
         self.robot = robot
-        self.task = draw_task(task_seed, shape)
+        self.task = task if task is not None else draw_task(task_seed, shape)
         self.task_seed = task_seed
         self.env = GraspEnv(config=EnvConfig(task="grasp-lift", home_noise=0.0))
         self.env.reset(seed=task_seed, options={"task": self.task})
@@ -134,6 +137,49 @@ class VirtualRobot:
         self.physics_lag_events = 0
         """Times the physics fell more than 50 ms behind real time and skipped ahead."""
         self.steps = 0
+        self._judge_every = self.env.config.n_substeps
+        self._judged: dict[str, float] = {}
+        self._sim_return = 0.0
+        self.trace: list[np.ndarray] | None = None
+        """Set to a list to collect ``qpos`` once per control period (for videos)."""
+
+    # ------------------------------------------------------------------ sim's judgement
+    def _judge(self) -> None:
+        """The sim env's success and reward terms now (once per control period).
+
+        A cross-check for device-side judging only: nothing on the deploy path sees it.
+        """
+        env = self.env
+        terms, success, dropped = env._evaluate(env._prev_action)
+        w = env.config.reward_weights
+        with self._lock:
+            self._sim_return += sum(w.get(k, 0.0) * v for k, v in terms.items() if v)
+        judged = {
+            "success": bool(success),
+            "grip_force_n": float(env._grip),
+            "crushed": bool(env._crushed),
+            "dropped": bool(dropped),
+            "return": float(self._sim_return),
+        }
+        with self._lock:
+            judged["grip_peak_n"] = max(self._judged.get("grip_peak_n", 0.0), env._grip)
+            self._judged = judged
+        if self.trace is not None:
+            self.trace.append(self.data.qpos.copy())
+
+    def restart_judging(self) -> None:
+        """Start summing the sim's return and grip peak afresh (at an episode's start)."""
+        with self._lock:
+            self._sim_return = 0.0
+            self._judged = {**self._judged, "grip_peak_n": 0.0, "return": 0.0}
+
+    def sim_outcome(self) -> dict[str, float]:
+        """The sim's judgement since the object was last placed: ``success`` (now),
+        ``crushed``, ``dropped``, ``grip_force_n``, ``grip_peak_n`` and ``return`` (the sim
+        reward, without its action-rate term, summed once per control period since
+        :meth:`restart_judging` or the object was placed)."""
+        with self._lock:
+            return dict(self._judged)
 
     # ------------------------------------------------------------------ servo <-> physics
     def _ticks(self, k: int, q: float) -> int:
@@ -205,6 +251,8 @@ class VirtualRobot:
         self._apply_force_limit()
         mujoco.mj_forward(self.model, self.data)
         self.episodes_started += 1
+        with self._lock:
+            self._judged, self._sim_return = {}, 0.0
 
     def object_pose(self) -> tuple[np.ndarray, np.ndarray]:
         """The object's (position, quaternion w x y z) in the base frame."""
@@ -319,6 +367,8 @@ class VirtualRobot:
                 mujoco.mj_step(m, d)
                 self.steps += 1
                 next_step += dt
+                if self.steps % self._judge_every == 0:
+                    self._judge()
             if now >= next_pose:
                 self._publish()
                 next_pose = max(next_pose + self.pose_period, now)
