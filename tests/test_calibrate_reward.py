@@ -1,0 +1,72 @@
+"""The device's judgement of grasp-lift episodes agrees with the simulator's.
+
+The device has no pad contact sensors and does not know the hidden crush limit: on
+episodes that crushed nothing, success must agree exactly and the return closely; the
+constants it copies from the sim must be the sim's."""
+
+import numpy as np
+import pytest
+
+from metagrasp.adapt.reward import DEFAULT_WEIGHTS, DeviceReward, RewardConfig
+from metagrasp.errors import ConfigError
+from metagrasp.sim import scene
+from metagrasp.sim.grasp_env import CLOSE_RADIUS, LIFT_HEIGHT, EnvConfig, GraspEnv
+from metagrasp.sim.scripted import ScriptedGrasp
+from metagrasp.sim.tasks import sample_task
+
+
+def test_constants_are_the_sims():
+    weights = EnvConfig().reward_weights
+    assert {k: weights[k] for k in DEFAULT_WEIGHTS} == DEFAULT_WEIGHTS
+    cfg = RewardConfig()
+    assert (cfg.lift_height, cfg.close_radius) == (LIFT_HEIGHT, CLOSE_RADIUS)
+    assert cfg.gripper_full_force_n == scene.GRIPPER_FORCE
+
+
+def _episode(env, task, seed, grip):
+    policy = ScriptedGrasp(task, grip_force=grip, config=env.config)
+    obs, _ = env.reset(seed=seed, options={"task": task})
+    rows = {"obs": [], "action": [], "next_obs": [], "reward": []}
+    while True:
+        a = policy(obs)
+        nxt, r, term, trunc, info = env.step(a)
+        for k, v in zip(rows, (obs, a, nxt, r), strict=True):
+            rows[k].append(v)
+        obs = nxt
+        if term or trunc:
+            return {k: np.asarray(v) for k, v in rows.items()}, info
+
+
+def test_device_success_and_return_match_the_sim_when_nothing_is_crushed():
+    env = GraspEnv(config=EnvConfig(task="grasp-lift"))
+    judge = DeviceReward()
+    rng = np.random.default_rng(0)
+    checked = successes = 0
+    for i in range(10):
+        task = sample_task(rng, "train")
+        ep, info = _episode(env, task, i, grip=8.0)
+        out = judge.episode(ep["obs"], ep["action"], ep["next_obs"])
+        if info["crushed"]:
+            continue  # the device cannot see the hidden crush limit (documented)
+        checked += 1
+        successes += info["success"]
+        assert out.success == info["success"], i
+        sim_return = float(ep["reward"].sum())
+        assert abs(out.episode_return - sim_return) <= 0.05 * abs(sim_return) + 3.0, i
+    assert checked >= 4 and successes >= 2  # the check saw both outcomes' kind of data
+    env.close()
+
+
+def test_a_drop_ends_the_episode_and_bad_input_is_refused():
+    judge = DeviceReward()
+    obs = np.zeros((5, 33), np.float32)
+    obs[:, 23] = 0.18
+    nxt = obs.copy()
+    nxt[2:, 25] = -0.2  # fell off the table at step 2
+    out = judge.episode(obs, np.zeros((5, 6)), nxt)
+    assert out.dones.tolist() == [0, 0, 1, 0, 0] and out.mask.tolist() == [1, 1, 1, 0, 0]
+    assert not out.success
+    with pytest.raises(ConfigError):
+        judge.episode(obs[:, :10], np.zeros((5, 6)), nxt[:, :10])
+    with pytest.raises(ConfigError, match="unknown reward"):
+        RewardConfig(weights={"place": 1.0})
