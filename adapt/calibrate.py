@@ -158,6 +158,12 @@ class CalibrationPolicy:
         if self.judge is not None:
             self.judge.restart_judging()
 
+    def end_episode(self, outcome: Any) -> Any:
+        """The state to carry into the next episode: the last step's reward observed with
+        ``done = 1`` (as recurrent bundles were trained: every episode ends with a done)."""
+        last = max(int(outcome.mask.sum()) - 1, 0)
+        return self.bundle.observe(self.inner.state, float(outcome.rewards[last]), 1.0)
+
     def replay(self, observations: np.ndarray) -> None:
         """Run the state through a recorded episode's observations (resuming a recurrent
         bundle's calibration: its state is a function of what it observed)."""
@@ -458,7 +464,7 @@ def calibrate(
                 row = run_one(session, phase, k, index)
             if phase == "adapt":
                 adapt_set.append(as_batch(row))
-                adapt_cache["carry"] = policy.state
+                adapt_cache["carry"] = policy.end_episode(row["_outcome"])
             episodes.append(row)
             index += 1
         return index

@@ -259,3 +259,56 @@ def test_calibrate_and_deploy_with_the_calibration_import_neither_torch_nor_mujo
     assert "DEVICE-PATH-OK" in res.stdout, res.stdout[-3000:] + res.stderr[-3000:]
     assert "made for bundle" in res.stderr
     assert load_calibration(tmp_path / "cube.json").settings["episodes"] == 2
+
+
+# ------------------------------------------- every exportable adaptation kind works
+def _bundle_of(name, path):
+    from metagrasp.policies.pearl import PEARL, PEARLConfig
+    from metagrasp.policies.rl2 import RL2, RL2Config
+    from metagrasp.policies.rma import RMA, RMAConfig
+
+    cls, cfg = {"pearl": (PEARL, PEARLConfig), "rl2": (RL2, RL2Config), "rma": (RMA, RMAConfig)}[
+        name
+    ]
+    spec = EnvSpec("grasp-lift", 33, 6, 11, 100, OBS_NAMES, EE_ACTION_NAMES)
+    plan = cls(cfg(), spec, 0).export_modules()
+    meta = {
+        "algorithm": name,
+        "obs_names": list(OBS_NAMES),
+        "action_names": list(EE_ACTION_NAMES),
+        "adaptation": plan.adaptation,
+        "exploration": plan.exploration,
+        **env_facts(spec),
+    }
+    write_bundle(plan, meta, path)
+    return str(path)
+
+
+@pytest.mark.parametrize("name", ["pearl", "rl2", "rma"])
+def test_latent_recurrent_and_reward_free_bundles_calibrate(tmp_path, name):
+    path = _bundle_of(name, tmp_path / name / "policy.onnx")
+    bundle = load_bundle(path)
+    config = CalibrateConfig(name, episodes=2, out=str(tmp_path / f"{name}.json"))
+    vr = VirtualRobot(virtual_arm_config("feetech")).start()
+    try:
+        report = calibrate(
+            path,
+            vr.robot,
+            vr.path,
+            config,
+            pose_source=vr.pose_address,
+            loop=_loop(),
+            log=lambda s: None,
+        )
+    finally:
+        vr.stop()
+    cal = load_calibration(report.file)
+    init = bundle.init_state()
+    assert set(cal.state) == set(init)
+    changed = [k for k in init if not np.array_equal(cal.state[k], init[k])]
+    if name == "rl2":  # no adapt graph: the hidden state is carried, the episode ended
+        assert cal.settings["adaptation"] == "carry"
+        assert "hidden" in changed and float(cal.state["prev_done"].max()) == 1.0
+    else:
+        assert changed, "adaptation changed nothing"
+    assert cal.settings["reward_free"] is (name == "rma")
