@@ -372,7 +372,7 @@ def calibrate(
         "adapt": config.episodes,
         "after": config.eval_episodes,
     }
-    reused = {p: previous[p][: wanted[p]] for p in PHASES}
+    reused = {p: _in_order(previous[p], p, config.episodes)[: wanted[p]] for p in PHASES}
     n_resumed = sum(len(v) for v in reused.values())
     if n_resumed:
         log(f"resuming: {n_resumed} finished episode(s) found in {rec}")
@@ -540,6 +540,21 @@ def calibrate(
         adapt_cpu_seconds=timing["cpu"],
         resumed=n_resumed,
     )
+
+
+def _in_order(eps: list[dict[str, Any]], phase: str, k_max: int) -> list[dict[str, Any]]:
+    """The reusable prefix: adaptation episodes k = 0, 1, ... in a row; evaluation
+    episodes after exactly ``k_max`` adaptation episodes (a rerun with another K)."""
+    if phase == "adapt":
+        out = []
+        for e in eps:
+            if e["calibration"].get("k") != len(out):
+                break
+            out.append(e)
+        return out
+    if phase == "after":
+        return [e for e in eps if e["calibration"].get("k") == k_max]
+    return eps
 
 
 def _public(row: dict[str, Any]) -> dict[str, Any]:

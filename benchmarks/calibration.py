@@ -42,6 +42,7 @@ import numpy as np
 from metagrasp.adapt.calibrate import CalibrateConfig, CalibrationPolicy, calibrate
 from metagrasp.adapt.reward import DeviceReward
 from metagrasp.adapt.runtime import load_bundle
+from metagrasp.errors import MetagraspError
 from metagrasp.hardware.control_loop import LoopConfig
 from metagrasp.hardware.robot_config import virtual_arm_config
 from metagrasp.policies.evaluate import ci95
@@ -63,23 +64,34 @@ def _robot_run(path: str, task: Any, k_max: int, loop: LoopConfig, work: Path) -
     bundle = load_bundle(path)
     oracle = "task" in bundle.graphs["policy"].inputs
     vr = VirtualRobot(virtual_arm_config("feetech"), task=task).start()
+    aborted = 0
     try:
-        rep = calibrate(
-            path,
-            vr.robot,
-            vr.path,
-            CalibrateConfig(
-                object_name=task.task_id,
-                episodes=k_max,
-                eval_episodes=1,
-                out=str(work / f"{task.task_id}.json"),
-            ),
-            pose_source=vr.pose_address,
-            loop=loop,
-            judge=vr,
-            task=task.privileged_vector() if oracle else None,
-            log=lambda s: None,
-        )
+        while True:
+            try:
+                rep = calibrate(
+                    path,
+                    vr.robot,
+                    vr.path,
+                    CalibrateConfig(
+                        object_name=task.task_id,
+                        episodes=k_max,
+                        eval_episodes=1,
+                        out=str(work / f"{task.task_id}.json"),
+                    ),
+                    pose_source=vr.pose_address,
+                    loop=loop,
+                    judge=vr,
+                    task=task.privileged_vector() if oracle else None,
+                    log=lambda s: None,
+                )
+                break
+            except MetagraspError as exc:
+                # An aborted episode (e.g. the deadline watchdog on this shared machine):
+                # rerun the same calibration, which resumes after the finished episodes.
+                aborted += 1
+                print(f"  aborted ({exc}); resuming", flush=True)
+                if aborted > 5:
+                    raise
     finally:
         vr.stop()
     out = {key: {k: [] for k in KS} for key in ("device", "sim_flag", "dev_ret", "sim_ret")}
@@ -89,6 +101,7 @@ def _robot_run(path: str, task: Any, k_max: int, loop: LoopConfig, work: Path) -
             out["sim_flag"][e["k"]].append(float(e["sim"]["success"]))
             out["dev_ret"][e["k"]].append(float(e["device"]["return"]))
             out["sim_ret"][e["k"]].append(float(e["sim"]["return"]))
+    out["aborted"] = aborted
     return out
 
 
@@ -196,10 +209,12 @@ def main() -> int:
         for split in args.splits:
             keys = ("device", "sim_flag", "dev_ret", "sim_ret", "sim", "sim_env_ret")
             acc = {key: {k: [] for k in KS} for key in keys}
+            aborted = 0
             for task in _tasks(split, args.tasks):
                 t0 = time.monotonic()
                 with tempfile.TemporaryDirectory() as tmp:
                     r = _robot_run(path, task, args.k_max, loop, Path(tmp))
+                aborted += r["aborted"]
                 for key in ("device", "sim_flag", "dev_ret", "sim_ret"):
                     for k in KS:
                         acc[key][k] += r[key][k]
@@ -222,6 +237,7 @@ def main() -> int:
                 "robot_device_return": _stats(acc["dev_ret"]),
                 "robot_sim_return": _stats(acc["sim_ret"]),
                 "sim_return": _stats(acc["sim_env_ret"]),
+                "aborted_episodes": aborted,
             }
             print(json.dumps({name: {split: entry["splits"][split]}}), flush=True)
         results["bundles"][name] = entry
