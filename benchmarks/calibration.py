@@ -173,7 +173,13 @@ def _stats(values: dict[int, list[float]]) -> dict[str, list[float]]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--bundle", action="append", required=True, help="NAME=policy.onnx")
+    ap.add_argument("--bundle", action="append", default=[], help="NAME=policy.onnx")
+    ap.add_argument(
+        "--time-bundle",
+        action="append",
+        default=[],
+        help="NAME=policy.onnx: only time its adaptation (e.g. untrained CAVIA/PEARL exports)",
+    )
     ap.add_argument("--splits", nargs="+", default=["test", "hard"])
     ap.add_argument("--tasks", type=int, default=4, help="tasks per split")
     ap.add_argument("--k-max", type=int, default=5)
@@ -196,7 +202,15 @@ def main() -> int:
         "tasks_per_split": args.tasks,
         "k_max": args.k_max,
         "bundles": {},
+        "adapt_time_only": {},
     }
+    for spec in args.time_bundle:
+        name, path = spec.split("=", 1)
+        results["adapt_time_only"][name] = {
+            "algorithm": load_bundle(path).metadata.get("algorithm"),
+            **_adapt_time(path, args.time_calls),
+        }
+        print(f"{name}: adapt K=3 {results['adapt_time_only'][name]}", flush=True)
     for name, path in bundles.items():
         meta = load_bundle(path).metadata
         entry: dict[str, Any] = {
