@@ -18,6 +18,8 @@ import csv
 import json
 import math
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -265,6 +267,10 @@ class Runner:
             dynamic_ncols=True,
         )
         start = time.monotonic() - self.progress["wall_s"]
+        # SIGTERM (a scheduler's preemption, `kill`, a closed session) stops like Ctrl-C:
+        # with a checkpoint. Only the main thread may install signal handlers.
+        in_main = threading.current_thread() is threading.main_thread()
+        old_term = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main else None
         try:
             while self.progress["env_steps"] < run["total_env_steps"]:
                 metrics = self.algo.train_iteration(self.env)
@@ -314,6 +320,8 @@ class Runner:
             self._checkpoint()
             raise
         finally:
+            if in_main:
+                signal.signal(signal.SIGTERM, old_term)
             bar.close()
             writer.close()
             if csv_file is not None:
@@ -323,3 +331,7 @@ class Runner:
 
     def _checkpoint(self) -> None:
         save_checkpoint(self.ckpt_path, self.algo, self.resolved, dict(self.progress))
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")

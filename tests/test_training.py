@@ -550,6 +550,27 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_reaches_the_budget(tmp_path):
     assert again["iteration"] == 5
 
 
+def test_sigterm_saves_a_checkpoint_like_ctrl_c(tmp_path):
+    import os
+    import signal
+
+    out = tmp_path / "run"
+    runner = Runner(runner_config(checkpoint_every=100), out, progress_bar=False)
+
+    def on_call(i, train):
+        if i == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return train()
+
+    before = signal.getsignal(signal.SIGTERM)
+    wrap_iterations(runner, on_call)
+    with pytest.raises(KeyboardInterrupt):
+        runner.train()
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is restored
+    ckpt = load_checkpoint(out / "checkpoints" / "last.pt", "ppo")
+    assert ckpt["progress"]["iteration"] == 2
+
+
 def test_resume_after_a_crash_logs_each_iteration_once(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
