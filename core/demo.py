@@ -4,7 +4,8 @@ Steps (each prints what it does and the command that does it on its own):
 
 1. **policy**: a shipped pretrained bundle (``assets/pretrained/<name>/policy.onnx``,
    produced by the project's own training; its README holds the commands), or with
-   ``--train-quick`` meta-train with the ``quick`` preset and export, or ``--bundle``;
+   ``--train-quick`` (also when nothing is shipped) meta-train with the ``quick`` preset
+   and export, or ``--bundle``;
 2. **virtual robot**: the MuJoCo arm behind a pseudo-terminal, with a held-out object
    (a fixed task of the ``test`` split by default);
 3. **deploy**: one episode of the unadapted policy through ``deploy``'s safe loop;
@@ -113,8 +114,14 @@ def _bundle(args: argparse.Namespace, out: Path, log: Any) -> Path:
 
     if args.bundle:
         return Path(args.bundle)
-    if args.train_quick:
+    found = None if args.train_quick else find_pretrained(args.pretrained)
+    if found is None and args.pretrained:
+        raise ConfigError(f"no shipped bundle {args.pretrained!r} under {PRETRAINED}")
+    if found is None:
         from metagrasp.cli import main
+
+        if not args.train_quick:
+            log(f"no shipped bundle under {PRETRAINED}: training one with the quick preset")
 
         run = out / f"run-{args.algo}-quick"
         log(
@@ -141,17 +148,11 @@ def _bundle(args: argparse.Namespace, out: Path, log: Any) -> Path:
         if main(["export", str(run), "-o", str(path), "--real-episodes", "10"]):
             raise ConfigError("export failed (see above)")
         return path
-    found = find_pretrained(args.pretrained)
-    if found is None:
-        raise ConfigError(
-            f"no shipped bundle under {PRETRAINED}; pass --train-quick (train here) or "
-            "--bundle policy.onnx"
-        )
     note = found.parent / "README.md"
-    log(
-        f"[1/5] policy: shipped bundle {found}"
-        + (f" (how it was made: {note})" if note.exists() else "")
-    )
+    label = ""
+    if note.exists():
+        label = next((ln for ln in note.read_text().splitlines() if ln.startswith("#")), "")
+    log(f"[1/5] policy: shipped bundle {found} {label.lstrip('# ')} (how it was made: {note})")
     return found
 
 
