@@ -6,7 +6,7 @@ Two checks, both reported in the bundle's metadata and enforced by ``metagrasp e
 * :func:`graph_parity` — each graph on ``n`` random inputs (its plan's sampler) under
   onnxruntime against the graph's training-side reference (for CAVIA's adapt graph, the
   autograd inner loop that training runs, not the explicit backward that was traced);
-* :func:`rollout_parity` — the loaded bundle end to end (the device runtime: act, GAE,
+* :func:`rollout_parity` — the loaded bundle end to end (the device runtime: act, observe, GAE,
   adapt) against the algorithm's own ``act`` / ``adapt`` on episodes rolled out in the
   simulator on the family's test split: actions before and after one adaptation.
 """
@@ -68,22 +68,55 @@ def _episode_dicts(ep: Any) -> list[dict[str, np.ndarray]]:
     ]
 
 
+def _keep(old: Any, new: Any, valid: np.ndarray) -> Any:
+    """The bundle state of members whose episode has ended stays as it was.
+
+    The algorithms' ``observe`` commits a step only for members still in their episode
+    (a robot stops stepping when its episode ends); the replay does the same here.
+    """
+    if not isinstance(new, dict):
+        return new
+    return {k: np.where(valid.reshape(-1, *[1] * (v.ndim - 1)), v, old[k]) for k, v in new.items()}
+
+
 def _compare_actions(
     algo: Any, bundle: Any, ep: Any, algo_state: Any, state: Any
-) -> tuple[float, int]:
-    """Max abs diff of deterministic actions over every valid step of a block."""
+) -> tuple[float, int, Any, Any]:
+    """Max abs diff of deterministic actions over every valid step of a block.
+
+    Both sides step through the block as on the device: the algorithm with ``act`` then
+    ``observe``, the bundle with ``act`` then ``observe(reward, done)`` (``done`` = 1 on an
+    episode's last step: the boundary flag of recurrent policies); each feeds back its
+    own deterministic action, with the block's observations and rewards.
+
+    Returns:
+        ``(max abs diff, valid steps, algorithm state, bundle state)`` after the block.
+    """
     worst, count = 0.0, 0
-    for t in range(ep.obs.shape[1]):
+    horizon = ep.obs.shape[1]
+    for t in range(horizon):
         valid = ep.mask[:, t] > 0
         if not valid.any():
             break
         obs, task = ep.obs[:, t], ep.task
-        want, _ = algo.act(obs, task, algo_state, deterministic=True)
+        want, algo_next = algo.act(obs, task, algo_state, deterministic=True)
         want = np.clip(np.asarray(want, np.float32), -1.0, 1.0)
-        got, _ = bundle.act(obs, state, task=task if bundle.task_names else None)
+        got, new = bundle.act(obs, state, task=task if bundle.task_names else None)
         worst = max(worst, float(np.max(np.abs(got - want)[valid])))
         count += int(valid.sum())
-    return worst, count
+        step = {
+            "obs": obs,
+            "actions": want,
+            "rewards": ep.rewards[:, t],
+            "next_obs": ep.next_obs[:, t],
+            "dones": ep.dones[:, t],
+            "mask": ep.mask[:, t],
+        }
+        algo_state = algo.observe(algo_next, step)
+        last = ep.mask[:, t + 1] <= 0 if t + 1 < horizon else np.ones_like(valid)
+        new = bundle.observe(new, ep.rewards[:, t], (valid & last).astype(np.float32))
+        state = _keep(state, new, valid)
+    return worst, count, algo_state, state
 
 
 def rollout_parity(
@@ -94,7 +127,9 @@ def rollout_parity(
     One block of ``members`` episodes (the algorithm's exploration policy, unadapted, on
     test-split tasks) feeds: the unadapted deterministic actions at every valid step,
     one adaptation on that block (runtime ``adapt`` vs the algorithm's ``adapt``), and
-    the adapted deterministic actions at the same steps.
+    the adapted deterministic actions at the same steps. Stateful policies (RL²'s
+    hidden state, RMA's history) carry their state through the block and, where the
+    algorithm does, on into the second pass.
     """
     from metagrasp.adapt.runtime import load_bundle
     from metagrasp.policies.collect import collect_episodes
@@ -105,19 +140,23 @@ def rollout_parity(
     env = make_vector_env(spec.family, members, split="test", seed=seed, workers=0)
     try:
         env.set_tasks([tasks[i % len(tasks)] for i in range(members)])
-        algo_state = algo.init_state(members)
+        live = [algo.init_state(members)]
 
         def policy(obs: np.ndarray, task: np.ndarray) -> tuple[np.ndarray, dict]:
-            return algo.act(obs, task, algo_state, deterministic=False)[0], {}
+            a, live[0] = algo.act(obs, task, live[0], deterministic=False)
+            return a, {}
 
-        ep = collect_episodes(env, policy, spec.max_steps)
+        def on_step(step: dict[str, np.ndarray]) -> None:
+            live[0] = algo.observe(live[0], step)
+
+        ep = collect_episodes(env, policy, spec.max_steps, on_step)
     finally:
         env.close()
-    state = bundle.init_state(members)
-    before, n_obs = _compare_actions(algo, bundle, ep, algo_state, state)
+    algo_state, state = algo.init_state(members), bundle.init_state(members)
+    before, n_obs, algo_state, state = _compare_actions(algo, bundle, ep, algo_state, state)
     adapted_algo = algo.adapt(algo_state, [ep])
     adapted = bundle.adapt(state, _episode_dicts(ep))
-    after, _ = _compare_actions(algo, bundle, ep, adapted_algo, adapted)
+    after, _, _, _ = _compare_actions(algo, bundle, ep, adapted_algo, adapted)
     return {
         "episodes": members,
         "observations": n_obs,

@@ -303,6 +303,32 @@ class RL2:
         out["prev_done"] = torch.ones_like(state["prev_done"])
         return out
 
+    def export_modules(self) -> Any:
+        """Deployable graphs (:mod:`metagrasp.export.plan`): the single GRU step with the
+        hidden state and the previous action/reward/done as state entries (see
+        :mod:`metagrasp.export.context_modules`); no adapt graph."""
+        from metagrasp.export.context_modules import rl2_graphs
+        from metagrasp.export.plan import ExportPlan
+
+        init = self.init_state(1)
+        return ExportPlan(
+            self.name,
+            rl2_graphs(self),
+            init_state={"hidden": init.pop("h"), **init},
+            adaptation={
+                "kind": "recurrent",
+                "reward_free": False,
+                "restart": False,
+                "episode_fields": [],
+                "settings": {
+                    "gru_size": self.config.gru_size,
+                    "trial_episodes": self.config.trial_episodes,
+                    "observe": "after every step: observe(state, reward, done) with done = 1 "
+                    "on the last step of every episode (terminated or timed out)",
+                },
+            },
+        )
+
     # --- training: collect trials -> update ---------------------------------------------
 
     def collect(self, env: Any) -> list[Episodes]:

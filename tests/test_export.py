@@ -22,7 +22,7 @@ from metagrasp.policies.collect import Episodes
 from metagrasp.policies.networks import gae as torch_gae
 from metagrasp.policies.ppo import PPO, PPOConfig
 
-EXPORTABLE = ("ppo", "ppo-oracle", "sac", "sac-oracle", "cavia")
+EXPORTABLE = ("ppo", "ppo-oracle", "sac", "sac-oracle", "cavia", "pearl", "rl2")
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
