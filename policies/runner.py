@@ -130,6 +130,24 @@ def load_checkpoint(path: str | Path, expected_algo: str | None = None) -> dict[
     return data
 
 
+def restore_state(algo: Any, state: dict[str, Any], path: str | Path) -> None:
+    """Load a checkpoint's state into a freshly built algorithm.
+
+    Raises:
+        CheckpointError: the state does not fit the network the config builds (a
+            checkpoint from an older version of the algorithm, or an edited config).
+    """
+    try:
+        algo.load_state_dict(state)
+    except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"checkpoint {path} does not fit the {algo.name!r} network its config builds "
+            f"({first}); it was written by another version of the algorithm or with another "
+            "config: retrain, or use the metagrasp version that wrote it"
+        ) from exc
+
+
 def load_trained(
     run_dir: str | Path,
     checkpoint: str | Path | None = None,
@@ -164,7 +182,7 @@ def load_trained(
     ckpt_path = checkpoint or run_dir / "checkpoints" / "last.pt"
     ckpt = load_checkpoint(ckpt_path, resolved["run"]["algo"])
     algo = build_algorithm(resolved, spec)
-    algo.load_state_dict(ckpt["state"])
+    restore_state(algo, ckpt["state"], ckpt_path)
     return algo, resolved, spec
 
 
@@ -225,7 +243,7 @@ class Runner:
             self.spec = env_spec(self.env, run["task"])
             self.algo = build_algorithm(resolved, self.spec)
             if resume:
-                self.algo.load_state_dict(ckpt["state"])
+                restore_state(self.algo, ckpt["state"], self.ckpt_path)
                 self.progress = dict(ckpt["progress"])
         except BaseException:
             self.env.close()

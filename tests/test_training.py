@@ -550,6 +550,18 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_reaches_the_budget(tmp_path):
     assert again["iteration"] == 5
 
 
+def test_checkpoint_of_another_architecture_is_a_clear_error(tmp_path):
+    from metagrasp.policies.runner import load_trained
+
+    out = tmp_path / "run"
+    Runner(runner_config(), out, progress_bar=False).train()
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["algo"]["hidden"] = [8]  # the saved weights are [16, 16]
+    (out / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="does not fit the 'ppo' network"):
+        load_trained(out)
+
+
 def test_sigterm_saves_a_checkpoint_like_ctrl_c(tmp_path):
     import os
     import signal
