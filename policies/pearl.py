@@ -61,7 +61,7 @@ from metagrasp.errors import ConfigError
 from metagrasp.policies.base import EnvSpec
 from metagrasp.policies.collect import Episodes, collect_episodes, episode_metrics
 from metagrasp.policies.networks import RunningNorm
-from metagrasp.policies.sac import LOG_STD_MAX, LOG_STD_MIN
+from metagrasp.policies.sac import LOG_STD_MAX, LOG_STD_MIN, actor_and_temperature_step
 from metagrasp.policies.task_replay import TaskReplay
 
 MIN_VAR = 1e-7
@@ -519,18 +519,7 @@ class PEARL:
             zd = zb.detach()
             a_new, logp = self.policy.sample(x, zd, gen=self.gen)
             xa = torch.cat([x, a_new, zd], -1)
-            pi_loss = (alpha * logp - torch.min(self.q1(xa), self.q2(xa)).squeeze(-1)).mean()
-            self.opt_actor.zero_grad()
-            pi_loss.backward()
-            self.opt_actor.step()
-            alpha_loss = -(self.log_alpha * (logp.detach() - self.spec.act_dim)).mean()
-            self.opt_alpha.zero_grad()
-            alpha_loss.backward()
-            self.opt_alpha.step()
-            with torch.no_grad():
-                for net, tgt in ((self.q1, self.q1_t), (self.q2, self.q2_t)):
-                    for p, pt in zip(net.parameters(), tgt.parameters(), strict=True):
-                        pt.lerp_(p, c.tau)
+            pi_loss = actor_and_temperature_step(self, xa, logp, alpha)
             stats["q_loss"].append(q_loss.item())
             stats["pi_loss"].append(pi_loss.item())
             stats["alpha"].append(float(alpha))

@@ -238,19 +238,7 @@ class SAC:
             q_loss.backward()
             self.opt_q.step()
             a, logp = self.actor(x, gen=self.gen)
-            xa = torch.cat([x, a], -1)
-            pi_loss = (alpha * logp - torch.min(self.q1(xa), self.q2(xa)).squeeze(-1)).mean()
-            self.opt_actor.zero_grad()
-            pi_loss.backward()
-            self.opt_actor.step()
-            alpha_loss = -(self.log_alpha * (logp.detach() - self.spec.act_dim)).mean()
-            self.opt_alpha.zero_grad()
-            alpha_loss.backward()
-            self.opt_alpha.step()
-            with torch.no_grad():
-                for net, tgt in ((self.q1, self.q1_t), (self.q2, self.q2_t)):
-                    for p, pt in zip(net.parameters(), tgt.parameters(), strict=True):
-                        pt.lerp_(p, cfg.tau)
+            pi_loss = actor_and_temperature_step(self, torch.cat([x, a], -1), logp, alpha)
             stats["q_loss"].append(q_loss.item())
             stats["pi_loss"].append(pi_loss.item())
             stats["alpha"].append(float(alpha))
@@ -303,3 +291,28 @@ class SACOracle(SAC):
 
     name: ClassVar[str] = "sac-oracle"
     privileged: ClassVar[bool] = True
+
+
+def actor_and_temperature_step(
+    sac: Any, xa: torch.Tensor, logp: torch.Tensor, alpha: torch.Tensor
+) -> torch.Tensor:
+    """SAC's actor step, temperature step and soft target update; returns the actor loss.
+
+    Shared by :class:`SAC` and PEARL. ``sac`` holds ``q1, q2, q1_t, q2_t, log_alpha``,
+    ``opt_actor``, ``opt_alpha``, ``spec`` and ``config.tau``; ``xa`` is the critics'
+    input for freshly sampled actions (their log-probs ``logp``), with the gradient path
+    to the actor.
+    """
+    pi_loss = (alpha * logp - torch.min(sac.q1(xa), sac.q2(xa)).squeeze(-1)).mean()
+    sac.opt_actor.zero_grad()
+    pi_loss.backward()
+    sac.opt_actor.step()
+    alpha_loss = -(sac.log_alpha * (logp.detach() - sac.spec.act_dim)).mean()
+    sac.opt_alpha.zero_grad()
+    alpha_loss.backward()
+    sac.opt_alpha.step()
+    with torch.no_grad():
+        for net, tgt in ((sac.q1, sac.q1_t), (sac.q2, sac.q2_t)):
+            for p, pt in zip(net.parameters(), tgt.parameters(), strict=True):
+                pt.lerp_(p, sac.config.tau)
+    return pi_loss
