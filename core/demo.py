@@ -67,7 +67,7 @@ def add_demo_parser(sub: Any, handler: Any) -> None:
         description=_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--out", default="demo", help="output directory")
+    p.add_argument("--out", default="runs/demo", help="output directory")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--bundle", default=None, help="exported policy to use (.onnx)")
     src.add_argument(
