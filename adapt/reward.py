@@ -152,9 +152,7 @@ class DeviceReward:
             "_held": held,
         }
 
-    def episode(
-        self, obs: np.ndarray, action: np.ndarray, next_obs: np.ndarray
-    ) -> EpisodeOutcome:
+    def episode(self, obs: np.ndarray, action: np.ndarray, next_obs: np.ndarray) -> EpisodeOutcome:
         """Judge one episode from its recorded ``obs``, ``action`` and ``next_obs``."""
         obs, nxt = np.asarray(obs, float), np.asarray(next_obs, float)
         action = np.asarray(action, float)
