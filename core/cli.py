@@ -8,8 +8,10 @@ pull in torch or mujoco.
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from metagrasp import __version__
 from metagrasp.errors import MetagraspError
@@ -91,6 +93,32 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from metagrasp.demo import run_demo
 
     return run_demo(args)
+
+
+def find_run_all() -> Path:
+    """``benchmarks/run_all.py`` of the checkout this command runs in (or was installed from).
+
+    The benchmark scripts live in the repository, not in the installed package, so the
+    report needs a checkout: the current directory or one above it, or the source tree of
+    an editable install.
+    """
+    here = Path.cwd().resolve()
+    for root in (here, *here.parents, Path(__file__).resolve().parents[1]):
+        script = root / "benchmarks" / "run_all.py"
+        if script.is_file():
+            return script
+    raise MetagraspError(
+        "benchmarks/run_all.py not found: `metagrasp bench all` runs the benchmark scripts "
+        "of a metagrasp checkout; run it from inside the repository (or run "
+        "`python benchmarks/run_all.py` there)"
+    )
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    script = find_run_all()
+    # Its own process, as `python benchmarks/run_all.py ...`: the scripts import each other
+    # from benchmarks/ and every section runs as a subprocess with the repository as cwd.
+    return subprocess.run([sys.executable, str(script), *args.args]).returncode
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -202,6 +230,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, default=3, help="episodes per adapt() call")
     p.add_argument("--json", metavar="FILE", default=None, help="also write results as JSON")
     p.set_defaults(handler=_cmd_bench_policy)
+
+    p = sub.add_parser(
+        "bench",
+        help="reproduce every table of docs/BENCHMARKS.md (bench all [--quick] [--only ...])",
+        description="`metagrasp bench all [OPTIONS]` runs `python benchmarks/run_all.py "
+        "[OPTIONS]` from the checkout: every benchmark section, a REPORT.md with each table "
+        "stamped (machine, command, date, commit) and PNG plots, in --out (default "
+        "bench-report/). `metagrasp bench all --help` lists the options.",
+    )
+    p.add_argument("what", choices=["all"], help="all: the full report (run_all.py)")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="options passed to run_all.py")
+    p.set_defaults(handler=_cmd_bench)
     return parser
 
 

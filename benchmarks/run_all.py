@@ -1,0 +1,524 @@
+"""Reproduce every table of ``docs/BENCHMARKS.md`` in one command (issue #8).
+
+Runs each section's benchmark command(s) -- the same scripts and arguments as
+``docs/BENCHMARKS.md`` -- as subprocesses, then writes, under ``--out`` (default
+``bench-report/``):
+
+* ``SECTION/section.json``: the section's status, commands, logs, stamps and tables;
+* ``SECTION/*.json`` and ``SECTION/*.png``: each benchmark's own JSON and the plots;
+* ``SECTION/*.log``: each command's stdout and stderr;
+* ``REPORT.md``: every table, each under a line stating the machine, the exact command,
+  the date (UTC) and the git commit ("dirty" when tracked files had changes), with the
+  plots beside them.
+
+``REPORT.md`` is rewritten after every section from all the ``section.json`` files in
+``--out``, so a section that fails is reported as failed (with the end of its log) while
+the others go on, and the sections of an earlier run into the same folder stay in the
+report until they are run again (``--only`` re-runs a subset).
+
+Training sections reuse finished runs: ``benchmarks/meta_rl.py`` skips a run whose
+checkpoint reached its budget and reuses cached evaluations, and ``--runs DIR`` points
+them at an existing folder of runs (``meta_rl.py --out``). ``--quick`` swaps every budget
+for a tiny one (a smoke check of the whole pipeline in a few minutes; the figures are not
+comparable with ``docs/BENCHMARKS.md`` and the report says so).
+
+Usage::
+
+    python benchmarks/run_all.py                      # everything (many hours on 2 cores)
+    python benchmarks/run_all.py --only sim policy    # a subset
+    python benchmarks/run_all.py --quick --out /tmp/smoke
+    metagrasp bench all --skip grasp-lift --runs /tmp/bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import report_render as render
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "benchmarks"
+SHIPPED_BUNDLE = "rma=assets/pretrained/rma-grasp-lift/policy.onnx"
+
+# The grasp-lift meta-RL table. docs/BENCHMARKS.md's grasp-lift sections are being
+# rewritten by the lead; keep these arguments equal to the command printed there.
+GRASP_LIFT_ARGS = [
+    "--task", "grasp-lift", "--preset", "default",
+    "--algos", "ppo", "ppo-oracle", "cavia", "rma", "pearl", "rl2",
+    "--dr", "ppo", "--oracle", "ppo-oracle", "--seeds", "0", "--eval-seeds", "0", "1",
+]  # fmt: skip
+
+
+@dataclass
+class Step:
+    """One command of a section."""
+
+    name: str
+    """Stem of the step's log file (``SECTION/NAME.log``)."""
+    argv: list[str]
+    """The command, run with the repository root as working directory."""
+    reuse_if: str = ""
+    """A path that, when it exists, means the step's result is already there (skipped)."""
+    collect: dict[str, str] = field(default_factory=dict)
+    """Files to copy into the section folder after the step: source -> name there."""
+
+    def display(self) -> str:
+        """The command as a user types it (``python`` / ``metagrasp`` for this Python)."""
+        argv = list(self.argv)
+        if argv[:3] == [sys.executable, "-m", "metagrasp.cli"]:
+            argv = ["metagrasp", *argv[3:]]
+        elif argv and argv[0] == sys.executable:
+            argv[0] = "python"
+        return shlex.join(_rel(a) for a in argv)
+
+
+def _rel(arg: str) -> str:
+    """Paths inside the repository are shown relative to it, as in BENCHMARKS.md."""
+    try:
+        return str(Path(arg).relative_to(REPO)) if arg.startswith(str(REPO)) else arg
+    except ValueError:
+        return arg
+
+
+# --- stamps -----------------------------------------------------------------------------
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def machine_stamp() -> dict[str, Any]:
+    """Where the numbers come from: CPU, cores, memory, versions, GPU."""
+    cpu = platform.processor() or platform.machine()
+    ram_gib = float("nan")
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                ram_gib = int(line.split()[1]) / 2**20
+                break
+    except OSError:
+        pass  # not Linux: keep platform's answer, RAM unknown
+    gpu = "no GPU"
+    if shutil.which("nvidia-smi"):
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+        )
+        names = [n.strip() for n in out.stdout.splitlines() if n.strip()]
+        if out.returncode == 0 and names:
+            gpu = ", ".join(names)
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    return {
+        "cpu": cpu,
+        "arch": platform.machine(),
+        "cores": os.cpu_count(),
+        "cores_available": available,
+        "ram_gib": round(ram_gib, 1),
+        "gpu": gpu,
+        "python": platform.python_version(),
+        "mujoco": _version("mujoco"),
+        "torch": _version("torch"),
+        "onnxruntime": _version("onnxruntime"),
+        "os": platform.platform(),
+    }
+
+
+def machine_line(m: dict[str, Any]) -> str:
+    """The machine stamp in one line."""
+    return (
+        f"{m['cpu']} ({m['arch']}), {m['cores']} cores ({m['cores_available']} available), "
+        f"{m['ram_gib']} GiB RAM, {m['gpu']}; Python {m['python']}, mujoco {m['mujoco']}, "
+        f"torch {m['torch']}, onnxruntime {m['onnxruntime']}"
+    )
+
+
+def git_commit() -> str:
+    """Short HEAD, plus " (dirty)" when tracked files differ from it."""
+
+    def git(*args: str) -> str:
+        out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
+        return out.stdout.strip() if out.returncode == 0 else ""
+
+    sha = git("rev-parse", "--short", "HEAD") or "unknown (not a git checkout)"
+    return sha + (" (dirty)" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def utc_now() -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+
+
+# --- sections ---------------------------------------------------------------------------
+
+
+@dataclass
+class Context:
+    """What every section's commands are built from (the command-line options)."""
+
+    out: Path
+    """Report folder."""
+    runs: Path
+    """Folder of training runs shared by the training sections (``meta_rl.py --out``)."""
+    quick: bool
+    """Tiny budgets everywhere (smoke check)."""
+    policy_runs: list[str]
+    """Training runs to time in the policy section (empty: train two tiny ones)."""
+    bundles: list[str]
+    """``NAME=policy.onnx`` bundles for the calibration section."""
+    time_bundles: list[str]
+    """``NAME=policy.onnx`` bundles whose adaptation is only timed."""
+
+
+def py(script: str, *args: str) -> list[str]:
+    return [sys.executable, str(BENCH / script), *args]
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "metagrasp.cli", *args]
+
+
+def sim_steps(ctx: Context, sdir: Path) -> list[Step]:
+    budget = ["--seconds", "0.2", "--num-envs", "4"] if ctx.quick else ["--seconds", "3"]
+    return [Step("sim_bench", py("sim_bench.py", *budget, "--json", str(sdir / "sim_bench.json")))]
+
+
+def _meta_rl_step(ctx: Context, sdir: Path, name: str, args: list[str]) -> Step:
+    if ctx.quick:
+        # Same algorithms and lines, one seed, tiny budgets.
+        args = _swap(args, "--preset", ["quick"])
+        args = _swap(args, "--seeds", ["0"])
+        args = _swap(args, "--eval-seeds", ["0"])
+        args = _swap(args, "--workers", ["0"]) + ["--set", "run.total_env_steps=1600"]
+    task, preset = args[args.index("--task") + 1], args[args.index("--preset") + 1]
+    src = ctx.runs / f"{task}-{preset}"
+    collect = {str(src / "results.json"): f"{name}/results.json"}
+    collect |= {str(src / f"success_vs_k_{s}.png"): f"{name}/success_vs_k_{s}.png" for s in SPLITS}
+    return Step(name, py("meta_rl.py", *args, "--out", str(ctx.runs)), collect=collect)
+
+
+SPLITS = ("test", "hard")
+
+
+def _swap(args: list[str], flag: str, values: list[str]) -> list[str]:
+    """``args`` with the values after ``flag`` replaced (appended when absent)."""
+    if flag not in args:
+        return [*args, flag, *values]
+    i = args.index(flag)
+    j = i + 1
+    while j < len(args) and not args[j].startswith("--"):
+        j += 1
+    return [*args[: i + 1], *values, *args[j:]]
+
+
+def point_nav_steps(ctx: Context, sdir: Path) -> list[Step]:
+    # The issue #3 table, then the issue #4 table: the second re-uses the first's runs and
+    # evaluations, so running both costs one training of PEARL and RL² more.
+    base = ["--task", "point-nav", "--preset", "default"]
+    tail = ["--seeds", "0", "1", "--eval-seeds", "0", "1", "--workers", "0"]
+    issue3 = [*base, "--algos", "ppo", "ppo-oracle", "cavia", *tail]
+    issue4 = [*base, "--algos", "ppo", "ppo-oracle", "cavia", "pearl", "rl2"]
+    issue4 += ["--dr", "ppo", "--oracle", "ppo-oracle", *tail]
+    return [
+        _meta_rl_step(ctx, sdir, "issue3", issue3),
+        _meta_rl_step(ctx, sdir, "issue4", issue4),
+    ]
+
+
+def grasp_lift_steps(ctx: Context, sdir: Path) -> list[Step]:
+    args = list(GRASP_LIFT_ARGS)
+    if ctx.quick:
+        args = _swap(args, "--algos", ["ppo", "ppo-oracle"])
+    return [_meta_rl_step(ctx, sdir, "grasp-lift", args)]
+
+
+def policy_steps(ctx: Context, sdir: Path) -> list[Step]:
+    steps = []
+    runs = list(ctx.policy_runs)
+    if not runs:
+        # The latency does not depend on training (BENCHMARKS.md): two tiny grasp-lift runs
+        # with the default preset's network sizes, one per exported graph family.
+        for algo in ("ppo-oracle", "cavia"):
+            run = ctx.runs / "policy-latency" / f"{algo}-s0"
+            train = ["train", "--algo", algo, "--task", "grasp-lift", "--preset", "default"]
+            train += ["--seed", "0", "--set", "run.total_env_steps=1600"]
+            train += ["--set", "run.workers=0", "--out", str(run), "--no-progress"]
+            steps.append(
+                Step(f"train-{algo}", cli(*train), reuse_if=str(run / "checkpoints/last.pt"))
+            )
+            runs.append(str(run))
+    budget = ["--calls", "2000", "--adapt-calls", "3"] if ctx.quick else []
+    out = str(sdir / "policy_bench.json")
+    steps.append(Step("policy_bench", py("policy_bench.py", *runs, *budget, "--json", out)))
+    return steps
+
+
+def soak_steps(ctx: Context, sdir: Path) -> list[Step]:
+    cycles = "100" if ctx.quick else "10000"
+    base = ["--cycles", cycles, "--rate", "50"]
+    return [
+        Step("soak-normal", py("soak.py", *base, "--json", str(sdir / "soak-normal.json"))),
+        Step(
+            "soak-rt",
+            py("soak.py", *base, "--realtime-priority", "10", "--json", str(sdir / "soak-rt.json")),
+        ),
+    ]
+
+
+def calibration_steps(ctx: Context, sdir: Path) -> list[Step]:
+    args: list[str] = []
+    for b in ctx.bundles or [SHIPPED_BUNDLE]:
+        args += ["--bundle", b]
+    for b in ctx.time_bundles:
+        args += ["--time-bundle", b]
+    if ctx.quick:
+        args += ["--splits", "test", "--tasks", "1", "--k-max", "1", "--sim-seeds", "1"]
+        args += ["--time-calls", "3"]
+    else:
+        args += ["--tasks", "4", "--sim-seeds", "3"]
+    out = str(sdir / "calibration.json")
+    return [Step("calibration", py("calibration.py", *args, "--json", out))]
+
+
+def ray_steps(ctx: Context, sdir: Path) -> list[Step]:
+    # HOOK (issue #8, scale-out half): benchmarks/ray_scaling.py is written by another
+    # change. Until it exists this section fails with that message; once it does, set its
+    # arguments here to the command in docs/BENCHMARKS.md.
+    script = BENCH / "ray_scaling.py"
+    if not script.exists():
+        raise SectionError(f"{_rel(str(script))} does not exist yet (Ray scale-out, issue #8)")
+    return [Step("ray_scaling", py("ray_scaling.py"))]
+
+
+class SectionError(RuntimeError):
+    """A section could not run: the message says why and what to do."""
+
+
+@dataclass
+class Section:
+    """One part of docs/BENCHMARKS.md and how to reproduce it."""
+
+    name: str
+    title: str
+    benchmarks_md: str
+    """The heading in docs/BENCHMARKS.md whose tables this section reproduces."""
+    steps: Any
+    render: Any
+
+
+SECTIONS: dict[str, Section] = {
+    s.name: s
+    for s in (
+        Section(
+            "sim",
+            "Simulation throughput vs raw MuJoCo",
+            "Simulation throughput (issue #2)",
+            sim_steps,
+            render.render_sim,
+        ),
+        Section(
+            "point-nav",
+            "Point-robot navigation: meta-test, gap closure, training curves, references",
+            "Meta-training core (issue #3) / PEARL and RL² (issue #4): point-robot navigation",
+            point_nav_steps,
+            render.render_meta_rl,
+        ),
+        Section(
+            "grasp-lift",
+            "Grasp-lift: meta-test per algorithm and split, gap closure, training curves",
+            "Grasp-lift",
+            grasp_lift_steps,
+            render.render_meta_rl,
+        ),
+        Section(
+            "policy",
+            "ONNX runtime latency vs torch",
+            "ONNX export (issue #5)",
+            policy_steps,
+            render.render_policy,
+        ),
+        Section(
+            "soak", "Control-loop timing", "Control loop (issue #6)", soak_steps, render.render_soak
+        ),
+        Section(
+            "calibration",
+            "On-device calibration and adaptation time",
+            "On-device calibration (issue #7)",
+            calibration_steps,
+            render.render_calibration,
+        ),
+        Section(
+            "ray",
+            "Sampling throughput: Ray workers vs the local sampler",
+            "Scale-out (issue #8)",
+            ray_steps,
+            render.render_generic,
+        ),
+    )
+}
+
+
+# --- running ----------------------------------------------------------------------------
+
+
+def run_section(sec: Section, ctx: Context, machine: dict[str, Any]) -> dict[str, Any]:
+    """Run one section's commands and render its tables; never raises."""
+    sdir = ctx.out / sec.name
+    sdir.mkdir(parents=True, exist_ok=True)
+    rec: dict[str, Any] = {
+        "name": sec.name,
+        "title": sec.title,
+        "benchmarks_md": sec.benchmarks_md,
+        "quick": ctx.quick,
+        "machine": machine,
+        "commit": git_commit(),
+        "started": utc_now(),
+        "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "status": "running",
+        "steps": [],
+        "tables": [],
+    }
+    t0 = time.monotonic()
+    print(f"run_all: [{sec.name}] {sec.title}", flush=True)
+    try:
+        for step in sec.steps(ctx, sdir):
+            rec["steps"].append(_run_step(step, sdir))
+            _save(sdir, rec)
+            if rec["steps"][-1]["status"] == "failed":
+                raise SectionError(rec["steps"][-1]["error"])
+        rec["tables"] = [asdict(t) for t in sec.render(sdir, rec)]
+        rec["status"] = "ok"
+    except Exception as exc:  # a failed section is reported; the others go on
+        rec["status"] = "failed"
+        detail = "" if isinstance(exc, SectionError) else "\n" + traceback.format_exc(limit=3)
+        rec["error"] = f"{type(exc).__name__}: {exc}{detail}"
+    rec["finished"] = utc_now()
+    rec["wall_s"] = time.monotonic() - t0
+    _save(sdir, rec)
+    print(f"run_all: [{sec.name}] {rec['status']} ({rec['wall_s']:.0f} s)", flush=True)
+    return rec
+
+
+def _run_step(step: Step, sdir: Path) -> dict[str, Any]:
+    log = sdir / f"{step.name}.log"
+    res: dict[str, Any] = {"name": step.name, "command": step.display(), "log": log.name}
+    if step.reuse_if and Path(step.reuse_if).exists():
+        res.update(status="reused", rc=0, wall_s=0.0)
+    else:
+        print(f"run_all:   $ {step.display()}", flush=True)
+        t0 = time.monotonic()
+        with log.open("w") as fh:
+            rc = subprocess.run(step.argv, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT).returncode
+        res.update(rc=rc, wall_s=time.monotonic() - t0, finished=utc_now())
+        if rc != 0:
+            tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+            res.update(status="failed", error=f"`{step.display()}` exited {rc}:\n{tail}")
+            return res
+        res["status"] = "ok"
+    res["collected"] = step.collect
+    for src, name in step.collect.items():
+        dst = sdir / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if Path(src).exists():
+            shutil.copy2(src, dst)
+    return res
+
+
+def _save(sdir: Path, rec: dict[str, Any]) -> None:
+    tmp = sdir / "section.json.tmp"
+    tmp.write_text(json.dumps(rec, indent=1, default=str) + "\n")
+    tmp.replace(sdir / "section.json")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="run_all",
+        description=__doc__.splitlines()[0],
+        epilog="sections: " + " ".join(SECTIONS),
+    )
+    p.add_argument("--out", default="bench-report", help="report folder (default bench-report/)")
+    p.add_argument("--only", nargs="+", default=None, metavar="SECTION", help="run only these")
+    p.add_argument("--skip", nargs="+", default=[], metavar="SECTION", help="do not run these")
+    p.add_argument("--quick", action="store_true", help="tiny budgets: a smoke check")
+    p.add_argument(
+        "--runs",
+        default=None,
+        help="folder of training runs for the training sections, reused when finished "
+        "(meta_rl.py --out; default OUT/runs)",
+    )
+    p.add_argument(
+        "--policy-runs",
+        nargs="+",
+        default=[],
+        metavar="RUN",
+        help="training runs to time in the policy section (default: two tiny grasp-lift runs)",
+    )
+    p.add_argument(
+        "--bundle",
+        action="append",
+        default=[],
+        metavar="NAME=ONNX",
+        help=f"calibration bundle (repeatable; default {SHIPPED_BUNDLE})",
+    )
+    p.add_argument(
+        "--time-bundle",
+        action="append",
+        default=[],
+        metavar="NAME=ONNX",
+        help="bundle whose device-side adaptation is only timed (repeatable)",
+    )
+    args = p.parse_args(argv)
+    for name in [*(args.only or []), *args.skip]:
+        if name not in SECTIONS:
+            p.error(f"unknown section {name!r}; sections: {', '.join(SECTIONS)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the selected sections; 0 when all of them succeeded, 1 otherwise."""
+    args = parse_args(argv)
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    ctx = Context(
+        out=out,
+        runs=Path(args.runs).resolve() if args.runs else out / "runs",
+        quick=args.quick,
+        policy_runs=[str(Path(r).resolve()) for r in args.policy_runs],
+        bundles=args.bundle,
+        time_bundles=args.time_bundle,
+    )
+    names = [n for n in (args.only or SECTIONS) if n not in args.skip]
+    machine = machine_stamp()
+    given = sys.argv[1:] if argv is None else argv
+    invocation = "python benchmarks/run_all.py " + shlex.join(given)
+    failed = []
+    for name in names:
+        rec = run_section(SECTIONS[name], ctx, machine)
+        if rec["status"] != "ok":
+            failed.append(name)
+        render.write_report(out, list(SECTIONS), invocation.strip(), machine_line)
+    print(f"run_all: wrote {out / 'REPORT.md'}; failed: {', '.join(failed) or 'none'}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""benchmarks/run_all.py: the report's stamps, plots and failure isolation (quick budgets).
+
+Runs the cheapest sections only (simulation throughput and policy latency, about 30 s on
+2 cores); the training, soak and calibration sections run the same code path.
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+RUN_ALL = REPO / "benchmarks" / "run_all.py"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _run_all(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(RUN_ALL), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bench-report")
+    res = _run_all("--quick", "--only", "sim", "policy", "--out", str(out))
+    assert res.returncode == 0, res.stdout + res.stderr
+    return out
+
+
+def _head() -> str:
+    out = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+    )
+    return out.stdout.strip()
+
+
+def test_every_table_is_stamped_and_has_its_plots(report):
+    text = (report / "REPORT.md").read_text()
+    tables = text.count("\n### ")
+    assert tables >= 3  # sim throughput, sim targets, policy latency
+    # Each table: machine, exact command, date and commit right above it.
+    for stamp in ("*Machine:* ", "*Command:* `", "*Date:* 20", "*Commit:* "):
+        assert text.count(stamp) == tables, stamp
+    assert "cores" in text and "GiB RAM" in text and "mujoco 3." in text and "torch " in text
+    assert "`python benchmarks/sim_bench.py --seconds 0.2 --num-envs 4 --json" in text
+    assert "`python benchmarks/policy_bench.py " in text
+    assert "UTC" in text and "Quick budgets" in text
+    head = _head()
+    if head:  # a git checkout (CI's fresh clone is one)
+        assert f"*Commit:* {head}" in text
+    # The measured rows are there.
+    assert "| raw `mj_step(m, d)`, 1 step/call (primary raw) |" in text
+    assert "| `act`, ppo-oracle" in text and "| `adapt`, cavia" in text
+    plots = [line[line.index("](") + 2 : -1] for line in text.splitlines() if line.startswith("![")]
+    assert {"sim/sim_throughput.png", "policy/policy_latency.png"} <= set(plots)
+    for rel in plots:
+        data = (report / rel).read_bytes()
+        assert data[:8] == PNG_MAGIC and len(data) > 5000, rel
+    for name in ("sim", "policy"):
+        rec = json.loads((report / name / "section.json").read_text())
+        assert rec["status"] == "ok" and rec["quick"] and rec["machine"]["cores"] >= 1
+        assert all(s["rc"] == 0 for s in rec["steps"])
+    assert json.loads((report / "sim" / "sim_bench.json").read_text())["rows"]["env"]
+
+
+def test_a_failed_section_is_reported_and_the_others_kept(report, tmp_path):
+    out = tmp_path / "report"
+    shutil.copytree(report, out)
+    missing = tmp_path / "no-such-run"
+    res = _run_all("--quick", "--only", "policy", "--policy-runs", str(missing), "--out", str(out))
+    assert res.returncode == 1
+    text = (out / "REPORT.md").read_text()
+    assert "| [policy](#policy) | failed" in text and "**FAILED**" in text
+    assert "exited" in text and "no-such-run" in text  # the error, with the command
+    # The earlier section is still in the report, with its table and plot.
+    assert "| [sim](#sim) | ok" in text
+    assert "sim/sim_throughput.png" in text and (out / "sim" / "sim_throughput.png").exists()
+
+
+def test_cli_bench_all_forwards_to_run_all(tmp_path):
+    def cli(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "metagrasp.cli", "bench", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=REPO,
+        )
+
+    res = cli("all", "--help")
+    assert res.returncode == 0 and "--only SECTION" in res.stdout and "--quick" in res.stdout
+    res = cli("all", "--only", "no-such-section", "--out", str(tmp_path))
+    assert res.returncode == 2 and "unknown section 'no-such-section'" in res.stderr
+    assert "point-nav" in res.stderr and "calibration" in res.stderr
