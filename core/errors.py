@@ -36,3 +36,8 @@ class CheckpointError(MetagraspError):
 
 class TrainingError(MetagraspError, FloatingPointError):
     """Training diverged (NaN/inf loss or metric); the last good checkpoint is kept."""
+
+
+class SamplerError(MetagraspError, RuntimeError):
+    """Episodes could not be collected: Ray is missing, its cluster is unreachable, or a
+    rollout worker kept dying."""

@@ -31,8 +31,9 @@ from torch import nn
 from metagrasp.errors import ConfigError
 from metagrasp.policies import functional as fn
 from metagrasp.policies.base import EnvSpec
-from metagrasp.policies.collect import Episodes, collect_episodes, episode_metrics
+from metagrasp.policies.collect import Episodes, episode_metrics
 from metagrasp.policies.networks import ActorCritic, critic_gae
+from metagrasp.policies.sampler import BoundPolicy, Rollout, Sampler, as_sampler
 
 
 @dataclass
@@ -89,6 +90,8 @@ class CAVIA:
 
     name: ClassVar[str] = "cavia"
     Config: ClassVar[type] = CAVIAConfig
+    LEARNER_ONLY: ClassVar[tuple[str, ...]] = ("opt",)
+    """Attributes rollout workers do not need (see :class:`~metagrasp.policies.sampler.Rollout`)."""
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "grasp:quick": {"run": {"total_env_steps": 120_000, "num_envs": 32}, "algo": {}},
         "grasp:default": {"run": {"total_env_steps": 4_000_000, "num_envs": 32}, "algo": {}},
@@ -216,12 +219,8 @@ class CAVIA:
 
     def collect(self, env: Any, context: torch.Tensor) -> Episodes:
         """One episode per member with the given per-member context."""
-
-        def policy(obs: np.ndarray, task: np.ndarray) -> tuple[np.ndarray, dict]:
-            a, logp, v = self.net.sample(obs, context, False, self.gen)
-            return a, {"logp": logp, "value": v}
-
-        return collect_episodes(env, policy, self.spec.max_steps)
+        rollout = Rollout(_context_policy, self, {"context": context})
+        return as_sampler(env).sample(rollout, self.spec.max_steps)[0]
 
     def _ppo_terms(
         self, ep: Episodes, members: torch.Tensor, ctx: torch.Tensor, adv: torch.Tensor
@@ -288,11 +287,12 @@ class CAVIA:
     def train_iteration(self, env: Any) -> dict[str, float]:
         from metagrasp.sim.registry import family_sample_task
 
-        n = env.num_envs
-        env.set_tasks([family_sample_task(self.spec.family, self.task_rng) for _ in range(n)])
-        pre = self.collect(env, self._ctx0(n))
+        sampler: Sampler = as_sampler(env)
+        n = sampler.num_envs
+        sampler.set_tasks([family_sample_task(self.spec.family, self.task_rng) for _ in range(n)])
+        pre = self.collect(sampler, self._ctx0(n))
         ctx1 = self.adapt(self._ctx0(n), [pre])
-        post = self.collect(env, ctx1)
+        post = self.collect(sampler, ctx1)
         metrics = self.update(pre, post)
         self.iteration += 1
         before, after = episode_metrics([pre]), episode_metrics([post])
@@ -323,3 +323,14 @@ class CAVIA:
         self.gen.set_state(state["gen"])
         self.task_rng.bit_generator.state = state["task_rng"]
         self.iteration = int(state["iteration"])
+
+
+def _context_policy(algo: CAVIA, per_member: dict[str, Any], n: int) -> BoundPolicy:
+    """The policy under each member's context (zero before adaptation)."""
+    context = per_member["context"]
+
+    def policy(obs: np.ndarray, task: np.ndarray) -> tuple[np.ndarray, dict]:
+        a, logp, v = algo.net.sample(obs, context, False, algo.gen)
+        return a, {"logp": logp, "value": v}
+
+    return BoundPolicy(policy)

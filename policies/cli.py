@@ -41,6 +41,11 @@ def run_train(args: argparse.Namespace) -> int:
     overrides = parse_overrides(args.set)
     if args.seed is not None:
         overrides["run"]["seed"] = args.seed
+    sampler: dict[str, Any] = {}
+    if args.ray is not None:
+        sampler["ray"] = args.ray
+    if args.ray_workers is not None:
+        sampler["ray_workers"] = args.ray_workers
     out = Path(args.out) if args.out else None
     extend_to = None
     if args.resume:
@@ -58,6 +63,7 @@ def run_train(args: argparse.Namespace) -> int:
         extend_to = overrides["run"].get("total_env_steps")
         resolved: dict[str, Any] = {}
     else:
+        overrides["run"].update(sampler)
         resolved = resolve_config(args.algo, args.task, args.preset, args.config, overrides)
         if out is None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -68,11 +74,14 @@ def run_train(args: argparse.Namespace) -> int:
         resume=args.resume,
         progress_bar=not args.no_progress,
         total_env_steps=extend_to,
+        sampler=sampler if args.resume else None,
     )
     run = runner.resolved["run"]
     print(
         f"training {run['algo']} on {run['task']} ({run['preset']} preset, "
-        f"{run['total_env_steps']:,} env steps, {run['num_envs']} envs) -> {out}",
+        f"{run['total_env_steps']:,} env steps, {run['num_envs']} envs"
+        + (f", Ray {run['ray']} x{run.get('ray_workers', 2)} workers" if run.get("ray") else "")
+        + f") -> {out}",
         file=sys.stderr,
     )
     try:
@@ -167,6 +176,23 @@ def add_train_parser(sub: Any, handler: Any) -> None:
     p.add_argument("--seed", type=int, default=None, help="seed (overrides the config)")
     p.add_argument("--out", default=None, help="run directory (default runs/ALGO-TASK-TIME)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="ADDRESS",
+        help="collect episodes on Ray rollout workers: no ADDRESS starts Ray on this "
+        "machine; HOST:PORT (from `ray start --head`) or 'auto' joins a cluster "
+        "(pip install 'metagrasp[ray]'; see docs/SCALING.md)",
+    )
+    p.add_argument(
+        "--ray-workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="Ray rollout workers, one CPU each (default 2)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=handler)
 

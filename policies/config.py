@@ -54,6 +54,12 @@ class RunConfig:
     """Split used by ``metagrasp eval`` when none is given."""
     eval_episodes_per_task: int = 3
     """Adaptation episodes K of the meta-test protocol by default."""
+    ray: str | None = None
+    """Collect episodes on Ray rollout workers: ``None`` = the vector env of this
+    machine; ``local`` = start Ray here; ``auto``, ``HOST:PORT`` or ``ray://HOST:PORT``
+    = join that cluster (``metagrasp train --ray [ADDRESS]``; docs/SCALING.md)."""
+    ray_workers: int = 2
+    """Ray rollout workers (actors of one CPU each) when ``ray`` is set."""
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -65,6 +71,10 @@ class RunConfig:
             raise ConfigError(f"run.checkpoint_every={self.checkpoint_every} must be >= 1")
         if self.workers is not None and self.workers < 0:
             raise ConfigError(f"run.workers={self.workers} must be >= 0 or null")
+        if self.ray_workers < 1:
+            raise ConfigError(f"run.ray_workers={self.ray_workers} must be >= 1")
+        if self.ray is not None and not self.ray.strip():
+            raise ConfigError("run.ray is empty; use 'local', 'auto', HOST:PORT or null")
 
 
 def _type_ok(value: Any, tp: Any) -> bool:

@@ -59,9 +59,10 @@ from torch import nn
 
 from metagrasp.errors import ConfigError
 from metagrasp.policies.base import EnvSpec
-from metagrasp.policies.collect import Episodes, collect_episodes, episode_metrics
+from metagrasp.policies.collect import Episodes, episode_metrics
 from metagrasp.policies.networks import RunningNorm
 from metagrasp.policies.sac import LOG_STD_MAX, LOG_STD_MIN, actor_and_temperature_step
+from metagrasp.policies.sampler import BoundPolicy, Rollout, as_sampler
 from metagrasp.policies.task_replay import TaskReplay
 
 MIN_VAR = 1e-7
@@ -321,6 +322,20 @@ class PEARL:
 
     name: ClassVar[str] = "pearl"
     Config: ClassVar[type] = PEARLConfig
+    LEARNER_ONLY: ClassVar[tuple[str, ...]] = (
+        "replay",
+        "context",
+        "q1",
+        "q2",
+        "q1_t",
+        "q2_t",
+        "opt_actor",
+        "opt_q",
+        "opt_alpha",
+        "opt_encoder",
+        "tasks",
+    )
+    """Attributes rollout workers do not need (see :class:`~metagrasp.policies.sampler.Rollout`)."""
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         # Grasp: 100-step episodes, so the meta-test context after k = 3 is 300 transitions.
         # Encoding 16 such contexts per gradient step dominates the cost on 2 CPU cores
@@ -454,18 +469,16 @@ class PEARL:
     def collect(self, env: Any) -> list[Episodes]:
         """One round: pool tasks on the members, prior episodes, then posterior sampling."""
         c = self.config
-        n = env.num_envs
+        sampler = as_sampler(env)
+        n = sampler.num_envs
         tasks = self.rng.choice(c.num_train_tasks, n, replace=n > c.num_train_tasks)
-        env.set_tasks([self.tasks[i] for i in tasks])
+        sampler.set_tasks([self.tasks[i] for i in tasks])
         self.context.clear(tasks)  # the context buffer holds the current round only
         episodes: list[Episodes] = []
         for e in range(c.prior_episodes + c.posterior_episodes):
             state = self.init_state(n) if e < c.prior_episodes else self.adapt(None, episodes)
-
-            def policy(obs: np.ndarray, task: np.ndarray, state: dict = state) -> tuple:
-                return self.act(obs, task, state)[0], {}
-
-            ep = collect_episodes(env, policy, self.spec.max_steps)
+            rollout = Rollout(_latent_policy, self, {"state": state})
+            ep = sampler.sample(rollout, self.spec.max_steps)[0]
             valid = ep.mask > 0
             self.norm.update(ep.obs[valid])
             self.rew_norm.update(ep.rewards[valid][:, None])
@@ -578,3 +591,13 @@ class PEARL:
         self.rng.bit_generator.state = state["rng"]
         self.env_steps = int(state["env_steps"])
         self.iteration = int(state["iteration"])
+
+
+def _latent_policy(algo: PEARL, per_member: dict[str, Any], n: int) -> BoundPolicy:
+    """The policy under each member's latent (prior or posterior sample) for one episode."""
+    state = per_member["state"]
+
+    def policy(obs: np.ndarray, task: np.ndarray) -> tuple[np.ndarray, dict]:
+        return algo.act(obs, task, state)[0], {}
+
+    return BoundPolicy(policy)

@@ -20,8 +20,9 @@ import torch
 
 from metagrasp.errors import ConfigError
 from metagrasp.policies.base import EnvSpec
-from metagrasp.policies.collect import Episodes, collect_episodes, episode_metrics, tile_task
+from metagrasp.policies.collect import Episodes, episode_metrics, tile_task
 from metagrasp.policies.networks import ActorCritic, critic_gae
+from metagrasp.policies.sampler import BoundPolicy, Rollout, as_sampler
 
 
 @dataclass
@@ -101,6 +102,8 @@ class PPO:
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = _presets(120_000, 6_000_000, 32)
     privileged: ClassVar[bool] = False
     """Whether the policy sees the privileged task vector (oracle)."""
+    LEARNER_ONLY: ClassVar[tuple[str, ...]] = ("opt",)
+    """Attributes rollout workers do not need (see :class:`~metagrasp.policies.sampler.Rollout`)."""
 
     def __init__(self, config: PPOConfig, spec: EnvSpec, seed: int = 0) -> None:
         self.config, self.spec = config, spec
@@ -146,16 +149,11 @@ class PPO:
     # --- training: collect -> (no adapt) -> update ------------------------------------
 
     def collect(self, env: Any) -> list[Episodes]:
-        """Episode blocks on tasks drawn from the train split at every reset."""
-
-        def policy(obs: np.ndarray, task: np.ndarray) -> tuple[np.ndarray, dict]:
-            a, logp, v = self.net.sample(self._inputs(obs, task), None, False, self.gen)
-            return a, {"logp": logp, "value": v}
-
-        return [
-            collect_episodes(env, policy, self.spec.max_steps)
-            for _ in range(self.config.blocks_per_iter)
-        ]
+        """Episode blocks on tasks drawn from the train split at every reset (``env``: a
+        :class:`~metagrasp.policies.sampler.Sampler` or a batched env)."""
+        return as_sampler(env).sample(
+            Rollout(_exploring_policy, self), self.spec.max_steps, self.config.blocks_per_iter
+        )
 
     def update(self, blocks: list[Episodes]) -> dict[str, float]:
         """PPO epochs over the collected episodes."""
@@ -246,3 +244,14 @@ class PPOOracle(PPO):
 
     name: ClassVar[str] = "ppo-oracle"
     privileged: ClassVar[bool] = True
+
+
+def _exploring_policy(algo: PPO, per_member: dict[str, Any], n: int) -> BoundPolicy:
+    """The Gaussian policy with its log-probs and values (the rollout of PPO and RMA's
+    teacher phase)."""
+
+    def policy(obs: np.ndarray, task: np.ndarray) -> tuple[np.ndarray, dict]:
+        a, logp, v = algo.net.sample(algo._inputs(obs, task), None, False, algo.gen)
+        return a, {"logp": logp, "value": v}
+
+    return BoundPolicy(policy)

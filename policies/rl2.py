@@ -49,8 +49,9 @@ from torch import nn
 
 from metagrasp.errors import ConfigError
 from metagrasp.policies.base import EnvSpec
-from metagrasp.policies.collect import Episodes, collect_episodes, episode_metrics
+from metagrasp.policies.collect import Episodes, episode_metrics
 from metagrasp.policies.networks import RunningNorm, gae
+from metagrasp.policies.sampler import BoundPolicy, Rollout, as_sampler
 
 _LOG_2PI = float(np.log(2 * np.pi))
 
@@ -218,6 +219,8 @@ class RL2:
 
     name: ClassVar[str] = "rl2"
     Config: ClassVar[type] = RL2Config
+    LEARNER_ONLY: ClassVar[tuple[str, ...]] = ("opt",)
+    """Attributes rollout workers do not need (see :class:`~metagrasp.policies.sampler.Rollout`)."""
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         # Grasp: a trial of 4 episodes is 400 steps; 32 trials = 12,800 steps/iteration.
         "grasp:quick": {"run": {"total_env_steps": 120_000, "num_envs": 32}, "algo": {}},
@@ -335,30 +338,12 @@ class RL2:
         """One trial per member: ``trial_episodes`` episodes of one train task in a row."""
         from metagrasp.sim.registry import family_sample_task
 
-        n = env.num_envs
-        env.set_tasks([family_sample_task(self.spec.family, self.task_rng) for _ in range(n)])
-        state = [self.init_state(n)]
-
-        def policy(obs: np.ndarray, task: np.ndarray) -> tuple[np.ndarray, dict]:
-            s = state[0]
-            a, logp, mu, state[0] = self._policy_step(obs, s, False)
-            extras = {
-                "logp": logp.numpy(),
-                "mean": mu.numpy(),
-                "prev_action": s["prev_action"].numpy(),
-                "prev_reward": s["prev_reward"][:, 0].numpy(),
-                "prev_done": s["prev_done"][:, 0].numpy(),
-            }
-            return a.numpy(), extras
-
-        def on_step(step: dict[str, np.ndarray]) -> None:
-            state[0] = self.observe(state[0], step)
-
-        blocks: list[Episodes] = []
-        for _ in range(self.config.trial_episodes):
-            blocks.append(collect_episodes(env, policy, self.spec.max_steps, on_step))
-            state[0] = self.adapt(state[0], blocks)
-        return blocks
+        sampler = as_sampler(env)
+        n = sampler.num_envs
+        sampler.set_tasks([family_sample_task(self.spec.family, self.task_rng) for _ in range(n)])
+        return sampler.sample(
+            Rollout(_trial_policy, self), self.spec.max_steps, self.config.trial_episodes
+        )
 
     @staticmethod
     def trials(blocks: list[Episodes]) -> dict[str, torch.Tensor]:
@@ -484,3 +469,29 @@ class RL2:
         self.gen.set_state(state["gen"])
         self.task_rng.bit_generator.state = state["task_rng"]
         self.iteration = int(state["iteration"])
+
+
+def _trial_policy(algo: RL2, per_member: dict[str, Any], n: int) -> BoundPolicy:
+    """The recurrent policy of ``n`` members, its hidden state carried across the
+    trial's episodes (``next_episode`` marks each boundary)."""
+    state = [algo.init_state(n)]
+
+    def policy(obs: np.ndarray, task: np.ndarray) -> tuple[np.ndarray, dict]:
+        s = state[0]
+        a, logp, mu, state[0] = algo._policy_step(obs, s, False)
+        extras = {
+            "logp": logp.numpy(),
+            "mean": mu.numpy(),
+            "prev_action": s["prev_action"].numpy(),
+            "prev_reward": s["prev_reward"][:, 0].numpy(),
+            "prev_done": s["prev_done"][:, 0].numpy(),
+        }
+        return a.numpy(), extras
+
+    def on_step(step: dict[str, np.ndarray]) -> None:
+        state[0] = algo.observe(state[0], step)
+
+    def next_episode(blocks: list[Episodes]) -> None:
+        state[0] = algo.adapt(state[0], blocks)
+
+    return BoundPolicy(policy, on_step, next_episode)

@@ -40,9 +40,10 @@ from torch import nn
 
 from metagrasp.errors import ConfigError
 from metagrasp.policies.base import EnvSpec
-from metagrasp.policies.collect import Episodes, collect_episodes, episode_metrics
+from metagrasp.policies.collect import Episodes, episode_metrics
 from metagrasp.policies.networks import ActorCritic, RunningNorm, mlp
 from metagrasp.policies.ppo import PPO, PPOConfig
+from metagrasp.policies.sampler import BoundPolicy, Rollout, as_sampler
 
 
 @dataclass
@@ -187,6 +188,8 @@ class RMA(PPO):
     name: ClassVar[str] = "rma"
     Config: ClassVar[type] = RMAConfig
     privileged: ClassVar[bool] = True  # the teacher's collect/update see the task vector
+    LEARNER_ONLY: ClassVar[tuple[str, ...]] = ("opt", "adapter_opt", "_replay")
+    """Attributes rollout workers do not need (see :class:`~metagrasp.policies.sampler.Rollout`)."""
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "grasp:quick": {
             "run": {"total_env_steps": 120_000, "num_envs": 32},
@@ -316,13 +319,7 @@ class RMA(PPO):
     @torch.no_grad()
     def collect_student(self, env: Any) -> Episodes:
         """One episode per member acting with ``pi(obs, phi(window))`` (no task vector)."""
-        state = [self.init_state(env.num_envs)]
-
-        def policy(obs: np.ndarray, task: np.ndarray) -> tuple[np.ndarray, dict]:
-            a, state[0] = self.act(obs, task, state[0])
-            return a, {}
-
-        return collect_episodes(env, policy, self.spec.max_steps)
+        return as_sampler(env).sample(Rollout(_student_policy, self), self.spec.max_steps)[0]
 
     def update_student(self, ep: Episodes) -> dict[str, float]:
         """Regress ``phi(window)`` on the frozen teacher latent ``mu(e)`` over the replay."""
@@ -383,3 +380,14 @@ class RMA(PPO):
         self.adapter.load_state_dict(state["adapter"])
         self.adapter_opt.load_state_dict(state["adapter_opt"])
         self.env_steps = int(state["env_steps"])
+
+
+def _student_policy(algo: RMA, per_member: dict[str, Any], n: int) -> BoundPolicy:
+    """The student acting through its own history window of the ``n`` members."""
+    state = [algo.init_state(n)]
+
+    def policy(obs: np.ndarray, task: np.ndarray) -> tuple[np.ndarray, dict]:
+        a, state[0] = algo.act(obs, task, state[0])
+        return a, {}
+
+    return BoundPolicy(policy)

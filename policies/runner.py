@@ -196,6 +196,9 @@ class Runner:
         progress_bar: show a tqdm bar on stderr.
         total_env_steps: with ``resume``, a larger budget to train the run on to (saved
             into its config.json); ``None`` keeps the saved budget.
+        sampler: with ``resume``, ``{"ray": ..., "ray_workers": ...}`` to collect on
+            another sampler than the saved one (saved into its config.json); how
+            episodes are collected is not part of what the checkpoint learned.
     """
 
     def __init__(
@@ -205,6 +208,7 @@ class Runner:
         resume: bool = False,
         progress_bar: bool = True,
         total_env_steps: int | None = None,
+        sampler: dict[str, Any] | None = None,
     ) -> None:
         self.out = Path(out)
         self.ckpt_path = self.out / "checkpoints" / "last.pt"
@@ -225,6 +229,9 @@ class Runner:
                         f"{done:,} steps already trained; give a larger budget"
                     )
                 resolved["run"]["total_env_steps"] = int(total_env_steps)
+            if sampler:
+                checked = cfgs.from_dict(cfgs.RunConfig, {**resolved["run"], **sampler}, "run")
+                resolved["run"].update({k: getattr(checked, k) for k in sampler})
         elif saved.exists():
             raise ConfigError(
                 f"{self.out} already holds a run; pass --resume to continue it or choose "
@@ -234,19 +241,19 @@ class Runner:
         run = resolved["run"]
         self.run = run
         torch.set_num_threads(run["torch_threads"])
-        from metagrasp.sim import make_vector_env
+        from metagrasp.policies.sampler import make_sampler
 
-        self.env = make_vector_env(
-            run["task"], run["num_envs"], split="train", seed=run["seed"], workers=run["workers"]
-        )
+        # The local vector env, or rollout workers on Ray (run.ray); the algorithm
+        # collects through either without knowing which.
+        self.sampler = make_sampler(run)
         try:
-            self.spec = env_spec(self.env, run["task"])
+            self.spec = self.sampler.env_spec(run["task"])
             self.algo = build_algorithm(resolved, self.spec)
             if resume:
                 restore_state(self.algo, ckpt["state"], self.ckpt_path)
                 self.progress = dict(ckpt["progress"])
         except BaseException:
-            self.env.close()
+            self.sampler.close()
             raise
         self.out.mkdir(parents=True, exist_ok=True)
         meta = {
@@ -291,7 +298,7 @@ class Runner:
         old_term = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main else None
         try:
             while self.progress["env_steps"] < run["total_env_steps"]:
-                metrics = self.algo.train_iteration(self.env)
+                metrics = self.algo.train_iteration(self.sampler)
                 bad = [k for k, v in metrics.items() if not math.isfinite(v)]
                 if bad:
                     raise TrainingError(
@@ -344,7 +351,7 @@ class Runner:
             writer.close()
             if csv_file is not None:
                 csv_file.close()
-            self.env.close()
+            self.sampler.close()
         return dict(self.progress)
 
     def _checkpoint(self) -> None:

@@ -21,8 +21,9 @@ from torch import nn
 
 from metagrasp.errors import ConfigError
 from metagrasp.policies.base import EnvSpec
-from metagrasp.policies.collect import Episodes, collect_episodes, episode_metrics
+from metagrasp.policies.collect import Episodes, episode_metrics
 from metagrasp.policies.networks import RunningNorm, mlp
+from metagrasp.policies.sampler import BoundPolicy, Rollout, as_sampler
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
@@ -138,6 +139,17 @@ class SAC:
         },
     }
     privileged: ClassVar[bool] = False
+    LEARNER_ONLY: ClassVar[tuple[str, ...]] = (
+        "replay",
+        "q1",
+        "q2",
+        "q1_t",
+        "q2_t",
+        "opt_actor",
+        "opt_q",
+        "opt_alpha",
+    )
+    """Attributes rollout workers do not need (see :class:`~metagrasp.policies.sampler.Rollout`)."""
 
     def __init__(self, config: SACConfig, spec: EnvSpec, seed: int = 0) -> None:
         self.config, self.spec = config, spec
@@ -194,14 +206,7 @@ class SAC:
 
     def collect(self, env: Any) -> Episodes:
         """One episode block into the replay buffer (uniform actions during warm-up)."""
-        warm = self.env_steps < self.config.warmup_steps
-
-        def policy(obs: np.ndarray, task: np.ndarray) -> tuple[np.ndarray, dict]:
-            if warm:
-                return self.rng.uniform(-1, 1, (len(obs), self.spec.act_dim)), {}
-            return self.act(obs, task, None)[0], {}
-
-        ep = collect_episodes(env, policy, self.spec.max_steps)
+        ep = as_sampler(env).sample(Rollout(_behaviour_policy, self), self.spec.max_steps)[0]
         valid = ep.mask > 0
         task = np.broadcast_to(ep.task[:, None], (*ep.mask.shape, ep.task.shape[-1]))
         self.replay.add(
@@ -316,3 +321,15 @@ def actor_and_temperature_step(
             for p, pt in zip(net.parameters(), tgt.parameters(), strict=True):
                 pt.lerp_(p, sac.config.tau)
     return pi_loss
+
+
+def _behaviour_policy(algo: SAC, per_member: dict[str, Any], n: int) -> BoundPolicy:
+    """Uniform actions during warm-up, then the stochastic actor."""
+    warm = algo.env_steps < algo.config.warmup_steps
+
+    def policy(obs: np.ndarray, task: np.ndarray) -> tuple[np.ndarray, dict]:
+        if warm:
+            return algo.rng.uniform(-1, 1, (len(obs), algo.spec.act_dim)), {}
+        return algo.act(obs, task, None)[0], {}
+
+    return BoundPolicy(policy)
