@@ -301,6 +301,32 @@ def render_policy(sdir: Path, rec: dict[str, Any]) -> list[Table]:
     return [_table(rec, "policy_bench", title, md, [png])]
 
 
+def render_quant(sdir: Path, rec: dict[str, Any]) -> list[Table]:
+    from metagrasp.adapt.runtime import load_bundle
+
+    md = [
+        "| run | precision | test success quantised / fp32 | mean return quantised / fp32 "
+        "| max abs action diff, 1,000 random inputs | episodes |",
+        "|---|---|---|---|---|---:|",
+    ]
+    steps = [s for s in rec["steps"] if s["name"].startswith("export-")]
+    for step in steps:
+        run, precision = step["name"][len("export-") :].rsplit("-", 1)
+        q = load_bundle(sdir / f"{run}-{precision}" / "policy.onnx").metadata["checks"]["quality"]
+        md.append(
+            f"| {run} | {precision} | {q[f'success_{precision}']:.3f} / {q['success_fp32']:.3f}"
+            f" | {q[f'return_{precision}']:.2f} / {q['return_fp32']:.2f}"
+            f" | {q['max_abs_action_diff_random']:.1e} | {q['episodes']} |"
+        )
+    table = _table(rec, steps[-1]["name"], "Quantised policy graphs vs fp32 (paired)", md)
+    table.command = "; ".join(s["command"] for s in steps)
+    table.note = (
+        "Each export refuses (and this section fails) when the success changes by more than "
+        "2 points; a policy that does not grasp passes trivially (0 vs 0)."
+    )
+    return [table]
+
+
 # --- control loop -----------------------------------------------------------------------
 
 
