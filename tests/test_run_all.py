@@ -35,11 +35,8 @@ def report(tmp_path_factory) -> Path:
     return out
 
 
-def _head() -> str:
-    out = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
-    )
-    return out.stdout.strip()
+def _git(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
 
 
 def test_every_table_is_stamped_and_has_its_plots(report):
@@ -53,9 +50,17 @@ def test_every_table_is_stamped_and_has_its_plots(report):
     assert "`python benchmarks/sim_bench.py --seconds 0.2 --num-envs 4 --json" in text
     assert "`python benchmarks/policy_bench.py " in text
     assert "UTC" in text and "Quick budgets" in text
-    head = _head()
-    if head:  # a git checkout (CI's fresh clone is one)
-        assert f"*Commit:* {head}" in text
+    if _git("rev-parse", "HEAD").returncode == 0:  # a git checkout (CI's clone is one)
+        # The stamped commit is HEAD or, if someone committed meanwhile, one of its ancestors.
+        stamped = {
+            ln.split("*Commit:* ")[1].split()[0] for ln in text.splitlines() if "*Commit:* " in ln
+        }
+        assert len(stamped) == 1
+        sha = stamped.pop()
+        assert _git("merge-base", "--is-ancestor", sha, "HEAD").returncode == 0, sha
+        dirty = _git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+        if not dirty:  # e.g. CI's fresh clone: a clean tree is never stamped "dirty"
+            assert "(dirty)" not in text
     # The measured rows are there.
     assert "| raw `mj_step(m, d)`, 1 step/call (primary raw) |" in text
     assert "| `act`, ppo-oracle" in text and "| `adapt`, cavia" in text
