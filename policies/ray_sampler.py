@@ -20,7 +20,8 @@ that keeps killing its workers is a :class:`~metagrasp.errors.SamplerError` afte
 ``max_replacements`` tries. An exception *raised* in a worker (a NaN action, a broken
 env) is not a death: it propagates with its own type, as it would locally.
 
-The learner (the algorithm's update) stays in the driver, on the driver's device.
+The learner (the algorithm's update) stays in the driver process (on its CPU: the
+algorithms have no device setting yet; docs/SCALING.md says what a GPU learner needs).
 """
 
 from __future__ import annotations
