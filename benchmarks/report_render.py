@@ -423,18 +423,43 @@ def render_calibration(sdir: Path, rec: dict[str, Any]) -> list[Table]:
     ]
 
 
-# --- any other section ------------------------------------------------------------------
+# --- Ray scale-out ----------------------------------------------------------------------
 
 
-def render_generic(sdir: Path, rec: dict[str, Any]) -> list[Table]:
-    """The markdown tables a step printed (for benchmarks without a renderer here)."""
-    tables = []
-    for step in rec["steps"]:
-        lines = (sdir / step["log"]).read_text(errors="replace").splitlines()
-        md = [ln for ln in lines if ln.startswith("|")]
-        pngs = [p.name for p in sdir.glob("*.png")]
-        tables.append(_table(rec, step["name"], step["name"], md or ["(no table printed)"], pngs))
-    return tables
+def render_ray(sdir: Path, rec: dict[str, Any]) -> list[Table]:
+    data = json.loads((sdir / "ray_scaling.json").read_text())
+    rows = data["results"]
+    one = next(
+        (r["samples_per_s"] for r in rows if r["sampler"] == "ray" and r["workers"] == 1), None
+    )
+    md = [
+        "| sampler | workers | samples/s | vs 1 Ray worker | start-up |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        ratio = r["samples_per_s"] / one if one else float("nan")
+        start = f"{r['startup_s']:.1f} s" if "startup_s" in r else "—"
+        md.append(
+            f"| {r['sampler']} | {r['workers']} | {r['samples_per_s']:,.0f} | {_fmt(ratio)} "
+            f"| {start} |"
+        )
+    lr = data["learner"]
+    note = (
+        f"Learner ({lr['algo']}): update {lr['update_s_median']:.3f} s per iteration of "
+        f"{lr['iteration_env_steps']:,.0f} samples; rollout {lr['rollout_pickle_bytes']:,} "
+        f"bytes, `ray.put` {lr.get('ray_put_s', float('nan')) * 1e3:.2f} ms."
+    )
+    if "ray_2_vs_1" in data:
+        met = "met" if data["target_met"] else "**not met**"
+        note = f"2 workers / 1 worker: {data['ray_2_vs_1']:.2f}x (target >= 1.7x: {met}). " + note
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    labels = [f"{r['sampler']}\n{r['workers']} workers" for r in rows]
+    ax.bar(labels, [r["samples_per_s"] for r in rows], color="tab:blue")
+    ax.set_ylabel("env samples / s")
+    ax.set_title(f"{data['config']['task']}, {data['config']['num_envs']} envs")
+    png = _save(fig, sdir / "ray_scaling.png")
+    title = "Episode collection: local sampler vs Ray workers"
+    return [_table(rec, "ray_scaling", title, md, [png], note)]
 
 
 # --- REPORT.md --------------------------------------------------------------------------

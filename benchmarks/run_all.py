@@ -15,8 +15,8 @@ Runs each section's benchmark command(s) -- the same scripts and arguments as
 ``--out``, so a section that fails is reported as failed (with the end of its log) while
 the others go on, and the sections of an earlier run into the same folder stay in the
 report until they are run again (``--only`` re-runs a subset). A section whose benchmark
-is not in this checkout (``ray`` until ``benchmarks/ray_scaling.py`` lands) is reported
-as skipped. Sections: sim, point-nav, grasp-lift, policy, quant, soak, calibration, ray.
+is not available (``ray`` without the ``ray`` extra installed) is reported as
+skipped. Sections: sim, point-nav, grasp-lift, policy, quant, soak, calibration, ray.
 
 Training sections reuse finished runs: ``benchmarks/meta_rl.py`` skips a run whose
 checkpoint reached its budget and reuses cached evaluations, and ``--runs DIR`` points
@@ -35,6 +35,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -319,17 +320,19 @@ def calibration_steps(ctx: Context, sdir: Path) -> list[Step]:
 
 
 def ray_steps(ctx: Context, sdir: Path) -> list[Step]:
-    # HOOK (issue #8, scale-out half): benchmarks/ray_scaling.py comes with the Ray
-    # sampler. Until it exists the section is reported as skipped (not failed); when it
-    # lands, put the exact arguments of its command in docs/BENCHMARKS.md here (and a
-    # --quick budget), and a renderer in report_render.py if the printed tables that
-    # render_generic copies from its log are not enough.
+    # The arguments of benchmarks/ray_scaling.py's own usage line; keep them equal to the
+    # command printed beside its table in the docs (docs/SCALING.md / BENCHMARKS.md).
     script = BENCH / "ray_scaling.py"
     if not script.exists():
+        raise SectionUnavailableError(f"{_rel(str(script))} is not in this checkout; skipped")
+    if importlib.util.find_spec("ray") is None:
         raise SectionUnavailableError(
-            f"{_rel(str(script))} does not exist yet (Ray scale-out, issue #8); skipped"
+            "ray is not installed (pip install -c constraints.txt '.[ray]'); skipped"
         )
-    return [Step("ray_scaling", py("ray_scaling.py"))]
+    budget = ["--num-envs", "4", "--blocks", "1", "--repeats", "1"] if ctx.quick else []
+    budget = budget or ["--num-envs", "32", "--blocks", "4", "--repeats", "3"]
+    args = ["--task", "grasp-lift", *budget, "--json", str(sdir / "ray_scaling.json")]
+    return [Step("ray_scaling", py("ray_scaling.py", *args))]
 
 
 class SectionError(RuntimeError):
@@ -405,7 +408,7 @@ SECTIONS: dict[str, Section] = {
             "Sampling throughput: Ray workers vs the local sampler",
             "Scale-out (issue #8)",
             ray_steps,
-            render.render_generic,
+            render.render_ray,
         ),
     )
 }
