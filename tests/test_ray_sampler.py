@@ -12,12 +12,14 @@ import pickle
 import socket
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
 import ray
 
 from metagrasp.errors import ConfigError, SamplerError
+from metagrasp.policies.ppo import _exploring_policy
 from metagrasp.policies.ray_sampler import RaySampler, check_reachable
 from metagrasp.policies.runner import Runner, build_algorithm, resolve_config
 from metagrasp.policies.sac import _behaviour_policy
@@ -140,6 +142,41 @@ def test_training_survives_a_killed_rollout_worker(ray_cpus2, tmp_path):
     assert saved["ray"] == "local" and saved["ray_workers"] == 2
 
 
+def test_worker_killed_during_a_collection_is_replaced_and_its_slice_rerun(ray_cpus2):
+    n, blocks = 16, 40
+    remote = RaySampler(FAMILY, n, seed=2, workers=2)
+    try:
+        ppo, _ = _algos("ppo", n, 2, remote.env_spec(FAMILY))
+        remote.set_tasks([None] * n)
+        victim = remote.actors[1]
+        ray.get(victim.pid.remote())
+        # The call takes seconds (40 blocks); the kill lands while it is in flight.
+        timer = threading.Timer(0.3, ray.kill, args=(victim,), kwargs={"no_restart": True})
+        timer.start()
+        try:
+            eps = remote.sample(Rollout(_exploring_policy, ppo), 20, blocks)
+        finally:
+            timer.join()
+        assert remote.replacements == 1 and remote.actors[1] is not victim
+        assert len(eps) == blocks and all(e.obs.shape[0] == n for e in eps)
+        assert all(e.mask.sum(1).min() > 0 for e in eps)  # every member has its episodes
+    finally:
+        remote.close()
+
+
+def test_train_cli_collects_on_ray_and_saves_the_setting(ray_cpus2, tmp_path):
+    from metagrasp.cli import main
+
+    out = tmp_path / "run"
+    args = ["train", "--algo", "ppo", "--task", FAMILY, "--preset", "quick", "--no-progress"]
+    args += ["--set", "run.num_envs=8", "--set", "run.total_env_steps=320", "--out", str(out)]
+    assert main([*args, "--ray", "--ray-workers", "2"]) == 0
+    saved = json.loads((out / "config.json").read_text())["run"]
+    assert saved["ray"] == "local" and saved["ray_workers"] == 2
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 3  # header + 2 iterations of 8 x 20 steps
+
+
 def test_more_workers_than_cpus_is_refused(ray_cpus2):
     with pytest.raises(SamplerError, match="fewer --ray-workers"):
         RaySampler(FAMILY, 8, workers=3)
@@ -168,3 +205,14 @@ def test_unreachable_address_names_the_fix(tmp_path):
     assert f"cannot reach a Ray cluster at 127.0.0.1:{port}" in proc.stderr
     assert "ray start --head" in proc.stderr
     assert not (tmp_path / "r" / "config.json").exists()
+
+
+def test_resume_may_move_a_run_to_another_sampler(tmp_path):
+    """The sampler is not part of what a checkpoint learned: --resume may change it."""
+    Runner(_runner_config(total_env_steps=16 * 20), tmp_path, progress_bar=False).train()
+    with pytest.raises(ConfigError, match="ray_workers"):
+        Runner({}, tmp_path, resume=True, progress_bar=False, sampler={"ray_workers": 0})
+    runner = Runner({}, tmp_path, resume=True, progress_bar=False, sampler={"ray_workers": 3})
+    runner.sampler.close()
+    saved = json.loads((tmp_path / "config.json").read_text())["run"]
+    assert saved["ray_workers"] == 3 and saved["ray"] is None
