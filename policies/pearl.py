@@ -61,7 +61,7 @@ from metagrasp.errors import ConfigError
 from metagrasp.policies.base import EnvSpec
 from metagrasp.policies.collect import Episodes, episode_metrics
 from metagrasp.policies.networks import RunningNorm
-from metagrasp.policies.sac import LOG_STD_MAX, LOG_STD_MIN, actor_and_temperature_step
+from metagrasp.policies.sac import LOG_STD_MAX, LOG_STD_MIN, SAC, actor_and_temperature_step
 from metagrasp.policies.sampler import BoundPolicy, Rollout, as_sampler
 from metagrasp.policies.task_replay import TaskReplay
 
@@ -322,16 +322,10 @@ class PEARL:
 
     name: ClassVar[str] = "pearl"
     Config: ClassVar[type] = PEARLConfig
+    # SAC's learner-only parts, plus the context buffer, encoder optimiser and task pool.
     LEARNER_ONLY: ClassVar[tuple[str, ...]] = (
-        "replay",
+        *SAC.LEARNER_ONLY,
         "context",
-        "q1",
-        "q2",
-        "q1_t",
-        "q2_t",
-        "opt_actor",
-        "opt_q",
-        "opt_alpha",
         "opt_encoder",
         "tasks",
     )
