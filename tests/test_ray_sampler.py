@@ -8,11 +8,11 @@ for the module, a few seconds); budgets are a few point-nav iterations.
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import socket
 import subprocess
 import sys
-import threading
 
 import numpy as np
 import pytest
@@ -142,21 +142,41 @@ def test_training_survives_a_killed_rollout_worker(ray_cpus2, tmp_path):
     assert saved["ray"] == "local" and saved["ray_workers"] == 2
 
 
-def test_worker_killed_during_a_collection_is_replaced_and_its_slice_rerun(ray_cpus2):
+def test_worker_killed_during_a_collection_is_replaced_and_its_slice_rerun(ray_cpus2, tmp_path):
     n, blocks = 16, 40
+    marker = tmp_path / "die-once"
+    marker.touch()
+
+    def dying_once(actor, per_member, m):
+        # Worker 1's process exits in the middle of its first block, deterministically
+        # (a timer-driven kill raced the collection on a fast machine); the marker file
+        # makes it happen once, so the replacement completes the slice.
+        bound = _exploring_policy(actor, {}, m)
+        inner, steps = bound.act, [0]
+
+        def act(obs, task):
+            steps[0] += 1
+            if per_member["victim"][0] and steps[0] == 5:
+                try:
+                    os.remove(marker)
+                except FileNotFoundError:
+                    pass
+                else:
+                    os._exit(1)
+            return inner(obs, task)
+
+        bound.act = act
+        return bound
+
     remote = RaySampler(FAMILY, n, seed=2, workers=2)
     try:
         ppo, _ = _algos("ppo", n, 2, remote.env_spec(FAMILY))
         remote.set_tasks([None] * n)
         victim = remote.actors[1]
         ray.get(victim.pid.remote())
-        # The call takes seconds (40 blocks); the kill lands while it is in flight.
-        timer = threading.Timer(0.3, ray.kill, args=(victim,), kwargs={"no_restart": True})
-        timer.start()
-        try:
-            eps = remote.sample(Rollout(_exploring_policy, ppo), 20, blocks)
-        finally:
-            timer.join()
+        flags = {"victim": np.array([0] * 8 + [1] * 8)}
+        eps = remote.sample(Rollout(dying_once, ppo, flags), 20, blocks)
+        assert not marker.exists()  # the worker did die mid-collection
         assert remote.replacements == 1 and remote.actors[1] is not victim
         assert len(eps) == blocks and all(e.obs.shape[0] == n for e in eps)
         assert all(e.mask.sum(1).min() > 0 for e in eps)  # every member has its episodes
