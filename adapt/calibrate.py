@@ -138,6 +138,7 @@ class CalibrationPolicy:
         self._rng = np.random.default_rng(seed)
         self._prev: tuple[np.ndarray, np.ndarray] | None = None
         self._z0 = 0.0
+        self._crushed = False
 
     @property
     def state(self) -> Any:
@@ -155,6 +156,7 @@ class CalibrationPolicy:
     def reset(self) -> None:
         self.inner.reset()
         self._prev = None
+        self._crushed = False
         if self.judge is not None:
             self.judge.restart_judging()
 
@@ -180,7 +182,9 @@ class CalibrationPolicy:
         if self._prev is None:
             self._z0 = float(obs[25])
         elif self._observes:
-            r = self.reward.step(self._prev[0], self._prev[1], obs, self._z0)
+            r, self._crushed = self.reward.step(
+                self._prev[0], self._prev[1], obs, self._z0, self._crushed
+            )
             inner.state = b.observe(inner.state, r, 0.0)
         if self.explore and self.can_explore:
             _, sample, inner.state = b.explore(obs, inner.state, self._rng, task=self.task)

@@ -48,6 +48,15 @@ def add_calibrate_parser(sub: Any, handler: Any) -> None:
         action="store_true",
         help="evaluation episodes act with the policy's mean (default: like `metagrasp eval`)",
     )
+    p.add_argument(
+        "--max-grip",
+        type=float,
+        default=None,
+        metavar="N",
+        help="grip force per pad (newtons) the object tolerates, if known: squeezing harder "
+        "counts as crushing it (a penalty, no success), as in training. Without it the device "
+        "cannot see a crush and credits a crushed object's grasp like any other",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the exploration noise")
     p.add_argument("--park-seconds", type=float, default=1.5, help="park before each episode")
     p.add_argument("--settle-seconds", type=float, default=0.5, help="hold before each episode")
@@ -64,6 +73,7 @@ def add_calibrate_parser(sub: Any, handler: Any) -> None:
 def run_calibrate(args: argparse.Namespace) -> int:
     """CLI handler of ``metagrasp calibrate``."""
     from metagrasp.adapt.calibrate import CalibrateConfig, calibrate, format_table
+    from metagrasp.adapt.reward import RewardConfig
     from metagrasp.adapt.runtime import load_bundle
     from metagrasp.hardware.control_loop import LoopConfig
 
@@ -84,6 +94,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
         ask=args.ask,
         deterministic_eval=args.deterministic,
         seed=args.seed,
+        reward=RewardConfig(max_grip_n=args.max_grip),
     )
     report = calibrate(
         args.policy, args.robot, args.port, config, pose_source=args.object_pose, loop=loop

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from metagrasp.adapt.calibrate import CalibrateConfig, CalibrationPolicy, calibrate
-from metagrasp.adapt.reward import DeviceReward
+from metagrasp.adapt.reward import DeviceReward, RewardConfig
 from metagrasp.adapt.runtime import load_bundle
 from metagrasp.errors import MetagraspError
 from metagrasp.hardware.control_loop import LoopConfig
@@ -58,7 +58,9 @@ def _tasks(split: str, n: int) -> list[Any]:
     return [tasks[i] for i in idx]
 
 
-def _robot_run(path: str, task: Any, k_max: int, loop: LoopConfig, work: Path) -> dict:
+def _robot_run(
+    path: str, task: Any, k_max: int, loop: LoopConfig, work: Path, known_limit: bool = False
+) -> dict:
     from metagrasp.sim.virtual_robot import VirtualRobot
 
     bundle = load_bundle(path)
@@ -77,6 +79,8 @@ def _robot_run(path: str, task: Any, k_max: int, loop: LoopConfig, work: Path) -
                         episodes=k_max,
                         eval_episodes=1,
                         out=str(work / f"{task.task_id}.json"),
+                        # As an operator who knows the object's limit (--max-grip).
+                        reward=RewardConfig(max_grip_n=task.crush_limit if known_limit else None),
                     ),
                     pose_source=vr.pose_address,
                     loop=loop,
@@ -94,25 +98,30 @@ def _robot_run(path: str, task: Any, k_max: int, loop: LoopConfig, work: Path) -
                     raise
     finally:
         vr.stop()
-    out = {key: {k: [] for k in KS} for key in ("device", "sim_flag", "dev_ret", "sim_ret")}
+    keys = ("device", "sim_flag", "dev_ret", "sim_ret", "crushed")
+    out = {key: {k: [] for k in KS} for key in keys}
     for e in rep.episodes:
         if e["k"] in KS and e["phase"] != "before":
             out["device"][e["k"]].append(float(e["device"]["success"]))
             out["sim_flag"][e["k"]].append(float(e["sim"]["success"]))
             out["dev_ret"][e["k"]].append(float(e["device"]["return"]))
             out["sim_ret"][e["k"]].append(float(e["sim"]["return"]))
+            out["crushed"][e["k"]].append(float(e["sim"]["crushed"]))
     out["aborted"] = aborted
     return out
 
 
-def _sim_run(path: str, task: Any, k_max: int, seed: int) -> dict[int, float]:
+def _sim_run(
+    path: str, task: Any, k_max: int, seed: int, known_limit: bool = False
+) -> dict[int, float]:
     """The same protocol in the sim env with the same bundle: success per k."""
     from metagrasp.sim.grasp_env import EnvConfig, GraspEnv
 
     bundle = load_bundle(path)
     oracle = "task" in bundle.graphs["policy"].inputs
+    reward = DeviceReward(RewardConfig(max_grip_n=task.crush_limit if known_limit else None))
     pol = CalibrationPolicy(
-        bundle, DeviceReward(), seed=seed, task=task.privileged_vector() if oracle else None
+        bundle, reward, seed=seed, task=task.privileged_vector() if oracle else None
     )
     pol.explore = True
     env = GraspEnv(config=EnvConfig(task="grasp-lift"))
@@ -187,6 +196,11 @@ def main() -> int:
     ap.add_argument("--time-calls", type=int, default=30)
     ap.add_argument("--park-seconds", type=float, default=1.0)
     ap.add_argument("--settle-seconds", type=float, default=0.3)
+    ap.add_argument(
+        "--known-grip-limit",
+        action="store_true",
+        help="the device reward knows each object's crush limit (calibrate --max-grip)",
+    )
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     bundles = dict(b.split("=", 1) for b in args.bundle)
@@ -201,6 +215,7 @@ def main() -> int:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
         "tasks_per_split": args.tasks,
         "k_max": args.k_max,
+        "known_grip_limit": args.known_grip_limit,
         "bundles": {},
         "adapt_time_only": {},
     }
@@ -221,19 +236,19 @@ def main() -> int:
             "splits": {},
         }
         for split in args.splits:
-            keys = ("device", "sim_flag", "dev_ret", "sim_ret", "sim", "sim_env_ret")
+            keys = ("device", "sim_flag", "dev_ret", "sim_ret", "crushed", "sim", "sim_env_ret")
             acc = {key: {k: [] for k in KS} for key in keys}
             aborted = 0
             for task in _tasks(split, args.tasks):
                 t0 = time.monotonic()
                 with tempfile.TemporaryDirectory() as tmp:
-                    r = _robot_run(path, task, args.k_max, loop, Path(tmp))
+                    r = _robot_run(path, task, args.k_max, loop, Path(tmp), args.known_grip_limit)
                 aborted += r["aborted"]
-                for key in ("device", "sim_flag", "dev_ret", "sim_ret"):
+                for key in ("device", "sim_flag", "dev_ret", "sim_ret", "crushed"):
                     for k in KS:
                         acc[key][k] += r[key][k]
                 for s in range(args.sim_seeds):
-                    o = _sim_run(path, task, args.k_max, s)
+                    o = _sim_run(path, task, args.k_max, s, args.known_grip_limit)
                     for k in KS:
                         if k in o:
                             acc["sim"][k].append(o[k])
@@ -250,6 +265,7 @@ def main() -> int:
                 "sim_success": _stats(acc["sim"]),
                 "robot_device_return": _stats(acc["dev_ret"]),
                 "robot_sim_return": _stats(acc["sim_ret"]),
+                "robot_crushed": _stats(acc["crushed"]),
                 "sim_return": _stats(acc["sim_env_ret"]),
                 "aborted_episodes": aborted,
             }

@@ -70,3 +70,55 @@ def test_a_drop_ends_the_episode_and_bad_input_is_refused():
         judge.episode(obs[:, :10], np.zeros((5, 6)), nxt[:, :10])
     with pytest.raises(ConfigError, match="unknown reward"):
         RewardConfig(weights={"place": 1.0})
+
+
+def _crushing_episodes(n: int):
+    """Scripted grasps squeezing 15 N on fragile train tasks (most of them crush)."""
+    env = GraspEnv(config=EnvConfig(task="grasp-lift"))
+    rng = np.random.default_rng(3)
+    out = []
+    while len(out) < n:
+        task = sample_task(rng, "train")
+        if task.crush_limit >= 12.0:
+            continue
+        ep, info = _episode(env, task, len(out), grip=15.0)
+        out.append((task, ep, info))
+    env.close()
+    return out
+
+
+def test_a_known_grip_limit_makes_the_device_see_crushes_as_the_sim_does():
+    crushed = 0
+    for task, ep, info in _crushing_episodes(6):
+        blind = DeviceReward().episode(ep["obs"], ep["action"], ep["next_obs"])
+        known = DeviceReward(RewardConfig(max_grip_n=task.crush_limit)).episode(
+            ep["obs"], ep["action"], ep["next_obs"]
+        )
+        sim_return = float(ep["reward"].sum())
+        assert known.crushed == info["crushed"]
+        assert known.success == info["success"]
+        assert abs(known.episode_return - sim_return) <= 0.05 * abs(sim_return) + 3.0
+        if info["crushed"]:
+            crushed += 1
+            assert not blind.crushed
+            # Blind, the device misses the -10 penalty and credits what follows it.
+            assert blind.episode_return > sim_return + 5.0
+            assert known.rewards[known.rewards < -5].size == 1  # the one-off penalty
+    assert crushed >= 3
+
+
+def test_per_step_rewards_carry_the_crush_as_the_episode_does():
+    task, ep, info = next(e for e in _crushing_episodes(3) if e[2]["crushed"])
+    judge = DeviceReward(RewardConfig(max_grip_n=task.crush_limit))
+    whole = judge.episode(ep["obs"], ep["action"], ep["next_obs"])
+    z0, crushed, steps = float(ep["obs"][0, 25]), False, []
+    for o, a, nx in zip(ep["obs"], ep["action"], ep["next_obs"], strict=True):
+        r, crushed = judge.step(o, a, nx, z0, crushed)
+        steps.append(r)
+    assert crushed and np.allclose(steps, whole.rewards, atol=1e-4)
+
+
+@pytest.mark.parametrize("bad", [0.0, -2.0, float("nan"), float("inf")])
+def test_a_bad_grip_limit_is_refused(bad):
+    with pytest.raises(ConfigError, match="max_grip_n"):
+        RewardConfig(max_grip_n=bad)

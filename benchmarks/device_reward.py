@@ -1,0 +1,134 @@
+"""How far the device's judgement of an episode is from the simulator's.
+
+On the robot, calibration rewards and success come from :class:`DeviceReward`, which sees
+only recorded observations. This runs scripted grasps in the sim at several grip
+levels (some crush fragile objects, some slip on heavy ones), judges each recorded episode
+with the device's code, blind to the crush limit and with the limit known
+(``metagrasp calibrate --max-grip``), and compares with the sim's own reward and success.
+
+    python benchmarks/device_reward.py --split test --episodes 60 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+from metagrasp.adapt.reward import DeviceReward, RewardConfig
+from metagrasp.sim.registry import make_env
+from metagrasp.sim.scripted import ScriptedGrasp
+
+GRIPS_N = (3.0, 8.0, 15.0)
+"""Grip levels per pad of the scripted grasp, cycled over episodes."""
+
+
+def _episode(env, seed: int, grip: float) -> tuple[dict[str, np.ndarray], dict, float]:
+    obs, _ = env.reset(seed=seed)
+    base = env.unwrapped
+    policy = ScriptedGrasp(base.task, "grasp-lift", config=base.config, grip_force=grip)
+    rows: dict[str, list] = {"obs": [], "action": [], "next_obs": []}
+    total = 0.0
+    while True:
+        a = policy(obs)
+        nxt, r, term, trunc, info = env.step(a)
+        for k, v in zip(rows, (obs, a, nxt), strict=True):
+            rows[k].append(v)
+        total += float(r)
+        obs = nxt
+        if term or trunc:
+            return {k: np.asarray(v) for k, v in rows.items()}, info, total
+
+
+def measure(split: str, episodes: int) -> dict:
+    """Per-episode sim and device judgements, summarised."""
+    env = make_env("grasp-lift", split=split)
+    rows = []
+    for i in range(episodes):
+        ep, info, sim_return = _episode(env, i, GRIPS_N[i % len(GRIPS_N)])
+        limit = env.unwrapped.task.crush_limit
+        blind = DeviceReward().episode(ep["obs"], ep["action"], ep["next_obs"])
+        known = DeviceReward(RewardConfig(max_grip_n=limit)).episode(
+            ep["obs"], ep["action"], ep["next_obs"]
+        )
+        rows.append(
+            {
+                "crushed": bool(info["crushed"]),
+                "success": bool(info["success"]),
+                "return": sim_return,
+                "blind": {"success": blind.success, "return": blind.episode_return},
+                "known": {
+                    "success": known.success,
+                    "return": known.episode_return,
+                    "crushed": known.crushed,
+                },
+            }
+        )
+    env.close()
+
+    def summary(sel: list[dict], judge: str) -> dict:
+        if not sel:
+            return {"episodes": 0}
+        gap = [r[judge]["return"] - r["return"] for r in sel]
+        return {
+            "episodes": len(sel),
+            "success_sim": float(np.mean([r["success"] for r in sel])),
+            "success_device": float(np.mean([r[judge]["success"] for r in sel])),
+            "success_agreement": float(np.mean([r[judge]["success"] == r["success"] for r in sel])),
+            "return_gap_mean": float(np.mean(gap)),
+            "return_gap_p5_p95": [float(np.percentile(gap, 5)), float(np.percentile(gap, 95))],
+        }
+
+    crushed = [r for r in rows if r["crushed"]]
+    intact = [r for r in rows if not r["crushed"]]
+    return {
+        "split": split,
+        "episodes": episodes,
+        "grips_n": list(GRIPS_N),
+        "crushed_fraction": len(crushed) / max(len(rows), 1),
+        "blind": {
+            "all": summary(rows, "blind"),
+            "crushed": summary(crushed, "blind"),
+            "intact": summary(intact, "blind"),
+        },
+        "known_limit": {
+            "all": summary(rows, "known"),
+            "crushed": summary(crushed, "known"),
+            "intact": summary(intact, "known"),
+            "crush_detected_agreement": float(
+                np.mean([r["known"]["crushed"] == r["crushed"] for r in rows])
+            ),
+        },
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--split", default="test", choices=["train", "test", "hard"])
+    ap.add_argument("--episodes", type=int, default=60)
+    ap.add_argument("--json", default=None, help="write the result here")
+    args = ap.parse_args()
+    res = measure(args.split, args.episodes)
+    print(f"{args.split}: {args.episodes} scripted episodes, {res['crushed_fraction']:.0%} crushed")
+    print("judge        subset    n  success sim/dev  agree  return gap mean [p5, p95]")
+    for judge in ("blind", "known_limit"):
+        for subset in ("all", "crushed", "intact"):
+            s = res[judge][subset]
+            if not s["episodes"]:
+                continue
+            lo, hi = s["return_gap_p5_p95"]
+            print(
+                f"{judge:12s} {subset:8s} {s['episodes']:3d}  "
+                f"{s['success_sim']:.2f}/{s['success_device']:.2f}       "
+                f"{s['success_agreement']:.2f}  {s['return_gap_mean']:+7.1f} [{lo:+.1f}, {hi:+.1f}]"
+            )
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(res, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
