@@ -273,6 +273,7 @@ class Runner:
         # Scalars are logged at env steps: on resume, hide only what came after the checkpoint.
         writer = SummaryWriter(str(self.out / "tb"), purge_step=self.progress["env_steps"] + 1)
         csv_file = None
+        csv_w: csv.DictWriter | None = None
         if csv_path.exists():
             # Resuming: rows logged after the checkpoint will be logged again; drop them.
             with csv_path.open(newline="") as f:
@@ -321,14 +322,23 @@ class Runner:
                     row = {**self.progress, **metrics}
                     for k, v in metrics.items():
                         writer.add_scalar(k, v, self.progress["env_steps"])
-                    if csv_file is None:
+                    if csv_w is not None and not set(row) <= set(csv_w.fieldnames):
+                        # A metric that first appears now (SAC's losses after warm-up):
+                        # widen the header instead of dropping it.
+                        csv_file.close()
+                        _widen_csv(csv_path, row)
+                        csv_file = csv_w = None
+                    if csv_w is None:
                         new = not csv_path.exists()
-                        csv_file = csv_path.open("a", newline="")
                         fields = list(row)
                         if not new:
-                            with csv_path.open() as f:
+                            with csv_path.open(newline="") as f:
                                 fields = next(csv.reader(f), fields)
-                        csv_w = csv.DictWriter(csv_file, fields, extrasaction="ignore")
+                            if not set(row) <= set(fields):
+                                _widen_csv(csv_path, row)
+                                fields += [k for k in row if k not in fields]
+                        csv_file = csv_path.open("a", newline="")
+                        csv_w = csv.DictWriter(csv_file, fields)
                         if new:
                             csv_w.writeheader()
                     csv_w.writerow(row)
@@ -360,3 +370,19 @@ class Runner:
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _widen_csv(path: Path, row: dict[str, Any]) -> None:
+    """Rewrite ``path`` with the columns of ``row`` that it lacks appended (empty in the
+    rows already written); atomic, so an interruption leaves the old file whole."""
+    with path.open(newline="") as f:
+        old = list(csv.DictReader(f))
+        f.seek(0)
+        fields = next(csv.reader(f), [])
+    fields += [k for k in row if k not in fields]
+    tmp = path.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="") as f:
+        w = csv.DictWriter(f, fields)
+        w.writeheader()
+        w.writerows(old)
+    os.replace(tmp, path)

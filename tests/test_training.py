@@ -513,6 +513,34 @@ def test_runner_stops_on_nan_and_keeps_the_last_good_checkpoint(tmp_path):
         assert [r["iteration"] for r in csv.DictReader(f)] == ["1"]
 
 
+def test_metrics_that_appear_later_get_csv_columns_too(tmp_path):
+    """SAC's losses start after warm-up: the CSV widens instead of dropping them,
+    also across a resume."""
+    out = tmp_path / "run"
+    runner = Runner(runner_config(checkpoint_every=1), out, progress_bar=False)
+
+    def on_call(i, train):
+        metrics = train()
+        if i >= 2:
+            metrics["late_loss"] = float(i)
+        if i == 4:
+            raise KeyboardInterrupt
+        return metrics
+
+    wrap_iterations(runner, on_call)
+    with pytest.raises(KeyboardInterrupt):
+        runner.train()
+    resumed = Runner({}, out, resume=True, progress_bar=False)
+    wrap_iterations(resumed, lambda i, train: {**train(), "later_still": 7.0})
+    resumed.train()
+    with (out / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["iteration"]) for r in rows] == [1, 2, 3, 4, 5]
+    assert [r["late_loss"] for r in rows] == ["", "2.0", "3.0", "", ""]
+    assert [r["later_still"] for r in rows] == ["", "", "", "7.0", "7.0"]
+    assert all(r["return"] for r in rows)
+
+
 def test_ctrl_c_saves_a_checkpoint_and_resume_reaches_the_budget(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
