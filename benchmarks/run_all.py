@@ -54,7 +54,10 @@ import report_render as render
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "benchmarks"
-SHIPPED_BUNDLE = "rma=assets/pretrained/rma-grasp-lift/policy.onnx"
+SHIPPED_BUNDLES = [
+    "pearl=assets/pretrained/pearl-grasp-lift/policy.onnx",
+    "rma=assets/pretrained/rma-grasp-lift/policy.onnx",
+]
 
 # The grasp-lift meta-RL table. docs/BENCHMARKS.md's grasp-lift sections are being
 # rewritten by the lead; keep these arguments equal to the command printed there.
@@ -309,7 +312,7 @@ def soak_steps(ctx: Context, sdir: Path) -> list[Step]:
 
 def calibration_steps(ctx: Context, sdir: Path) -> list[Step]:
     args: list[str] = []
-    for b in ctx.bundles or [SHIPPED_BUNDLE]:
+    for b in ctx.bundles or SHIPPED_BUNDLES:
         args += ["--bundle", b]
     for b in ctx.time_bundles:
         args += ["--time-bundle", b]
@@ -519,7 +522,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="NAME=ONNX",
-        help=f"calibration bundle (repeatable; default {SHIPPED_BUNDLE})",
+        help=f"calibration bundle (repeatable; default the shipped {', '.join(SHIPPED_BUNDLES)})",
     )
     p.add_argument(
         "--time-bundle",

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_demo_parser", "find_pretrained", "run_demo"]
+__all__ = ["DEFAULT_PRETRAINED", "add_demo_parser", "find_pretrained", "run_demo"]
 
 PRETRAINED = Path(__file__).resolve().parents[1] / "assets" / "pretrained"
 """Where shipped bundles live (one folder per bundle, ``policy.onnx`` inside)."""
@@ -49,13 +49,21 @@ The same steps one by one: `metagrasp deploy`, `metagrasp calibrate`,
 """
 
 
+DEFAULT_PRETRAINED = "pearl-grasp-lift"
+"""The shipped bundle the demo uses unless told otherwise: the one that grasps most often
+on held-out objects (docs/BENCHMARKS.md, grasp-lift table)."""
+
+
 def find_pretrained(name: str | None = None) -> Path | None:
-    """The shipped bundle ``name`` (or the first one shipped), if any."""
+    """The shipped bundle ``name`` (else :data:`DEFAULT_PRETRAINED`, else the first one
+    shipped), if any."""
     if not PRETRAINED.is_dir():
         return None
     folders = sorted(p for p in PRETRAINED.iterdir() if (p / "policy.onnx").is_file())
     if name is not None:
         folders = [p for p in folders if p.name == name]
+    else:
+        folders.sort(key=lambda p: p.name != DEFAULT_PRETRAINED)
     return folders[0] / "policy.onnx" if folders else None
 
 
@@ -75,7 +83,11 @@ def add_demo_parser(sub: Any, handler: Any) -> None:
         action="store_true",
         help="meta-train with the quick preset and export, instead of the shipped bundle",
     )
-    src.add_argument("--pretrained", default=None, help="name of a shipped bundle")
+    src.add_argument(
+        "--pretrained",
+        default=None,
+        help=f"name of a shipped bundle (default {DEFAULT_PRETRAINED}; see assets/pretrained/)",
+    )
     p.add_argument("--algo", default="rma", help="algorithm for --train-quick")
     p.add_argument("--split", default="test", help="held-out split of the object: test or hard")
     p.add_argument("--task-index", type=int, default=0, help="which fixed task of the split")
@@ -87,6 +99,13 @@ def add_demo_parser(sub: Any, handler: Any) -> None:
     p.add_argument("--object-pose", default=None, help="pose source (real arm)")
     p.add_argument("--object", default=None, help="object name (default: the task's shape)")
     p.add_argument("--ask", action="store_true", help="operator judges success (real arm)")
+    p.add_argument(
+        "--max-grip",
+        type=float,
+        default=None,
+        metavar="N",
+        help="grip force per pad (N) the object tolerates, as `calibrate --max-grip`",
+    )
     p.add_argument("--episode-seconds", type=float, default=0.0, help="shorter episodes (s)")
     p.add_argument("--park-seconds", type=float, default=1.5, help="park before each episode")
     p.add_argument("--settle-seconds", type=float, default=0.5, help="hold before each episode")
@@ -216,6 +235,7 @@ def _video(vr: Any, trace: list, path: Path, fps: int) -> Path:
 def run_demo(args: argparse.Namespace) -> int:
     """``metagrasp demo`` (see the module docstring)."""
     from metagrasp.adapt.calibrate import CalibrateConfig, calibrate, format_table
+    from metagrasp.adapt.reward import RewardConfig
     from metagrasp.adapt.runtime import load_bundle
     from metagrasp.errors import ConfigError
     from metagrasp.hardware.control_loop import LoopConfig
@@ -295,6 +315,7 @@ def run_demo(args: argparse.Namespace) -> int:
             out=str(cal_file),
             ask=args.ask,
             seed=args.seed,
+            reward=RewardConfig(max_grip_n=args.max_grip),
         )
         report = calibrate(
             str(bundle_path), robot, port, config, pose_source=pose, loop=loop, judge=judge, log=log

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from metagrasp.cli import build_parser, main
-from metagrasp.demo import PRETRAINED, find_pretrained
+from metagrasp.demo import DEFAULT_PRETRAINED, PRETRAINED, find_pretrained
 
 pytestmark = [
     pytest.mark.skipif(sys.platform == "win32", reason="needs os.openpty"),
@@ -63,4 +63,7 @@ def test_the_shipped_bundle_is_found_when_present():
         assert found is None
     else:
         assert found is not None and found.name == "policy.onnx"
-        assert (found.parent / "README.md").is_file()  # how it was made
+        assert found.parent.name == DEFAULT_PRETRAINED
+        for folder in PRETRAINED.iterdir():  # every shipped bundle says how it was made
+            assert (folder / "README.md").is_file()
+            assert find_pretrained(folder.name) == folder / "policy.onnx"
