@@ -371,6 +371,12 @@ def calibrate(
         )
         + (" (reward-free adaptation)" if bundle.reward_free and bundle.adapts else "")
     )
+    if config.reward.max_grip_n is None:
+        # Blind to crushing, the device pays a crushed object's grasp like any other.
+        log(
+            "  no --max-grip: the device cannot see if the object is crushed; "
+            "for a fragile object give the grip force per pad (N) it tolerates"
+        )
     wanted = {
         "before": config.eval_episodes,
         "adapt": config.episodes,

@@ -45,12 +45,17 @@ def test_the_demo_runs_end_to_end_on_the_virtual_robot(tmp_path, capsys):
             "0.2",
             "--settle-seconds",
             "0.1",
+            "--max-grip",
+            "4.5",
         ]
     )
     assert rc == 0
     text = capsys.readouterr().out
     assert "before" in text and "after" in text and "sim success" in text
+    assert "no --max-grip" not in text  # the crush hint is for calibrations without one
     summary = json.loads((out / "summary.json").read_text())
+    cal = json.loads(Path(summary["calibration"]).read_text())
+    assert cal["settings"]["reward"]["max_grip_n"] == 4.5
     assert summary["summary"]["after"]["n"] == 1 and summary["summary"]["adaptation"]["n"] == 2
     assert Path(summary["plot"]).stat().st_size > 1000
     assert summary["video"] and Path(summary["video"]).stat().st_size > 1000
