@@ -59,11 +59,12 @@ SHIPPED_BUNDLES = [
     "rma=assets/pretrained/rma-grasp-lift/policy.onnx",
 ]
 
-# The grasp-lift meta-RL table. docs/BENCHMARKS.md's grasp-lift sections are being
-# rewritten by the lead; keep these arguments equal to the command printed there.
+# The grasp-lift meta-RL table: keep these arguments equal to the last command printed in
+# docs/BENCHMARKS.md's "Grasp-lift" section (it evaluates every line of its table).
 GRASP_LIFT_ARGS = [
     "--task", "grasp-lift", "--preset", "default",
-    "--algos", "ppo", "rma", "cavia", "sac", "--dr", "ppo", "--oracle", "rma:act_with=teacher",
+    "--algos", "ppo", "rma", "cavia", "sac", "pearl", "rl2", "sac-oracle",
+    "--dr", "ppo", "--oracle", "rma:act_with=teacher",
     "--seeds", "0", "--eval-seeds", "0", "1",
 ]  # fmt: skip
 # The lines docs/BENCHMARKS.md reports on grasp-lift: PPO-DR, RMA, CAVIA, SAC-DR and RMA's
