@@ -104,7 +104,9 @@ class PEARLConfig:
     tau: float = 0.005
     """Polyak averaging rate of the target critics."""
     init_alpha: float = 0.1
-    """Initial entropy temperature (tuned automatically towards -act_dim entropy)."""
+    """Initial entropy temperature (tuned automatically towards ``target_entropy``)."""
+    target_entropy: float | None = None
+    """Policy entropy (nats) the temperature is tuned towards; ``None`` = -act_dim."""
     reward_scale: float = 1.0
     """Multiplier of rewards in the Bellman target (oyster's ``reward_scale``)."""
     kl_weight: float = 0.1

@@ -696,3 +696,21 @@ def test_gap_closure_and_ci_arithmetic():
     mean, half = ci95(np.array([0.0, 1.0, 1.0, 0.0]))
     assert mean == 0.5 and half == pytest.approx(1.96 * math.sqrt(1 / 3) / 2)
     assert ci95(np.array([1.0]))[0] == 1.0 and math.isnan(ci95(np.array([1.0]))[1])
+
+
+@pytest.mark.parametrize("target, rises", [(None, False), (5.0, True), (-50.0, False)])
+def test_sac_temperature_is_tuned_towards_the_target_entropy(target, rises):
+    """The temperature grows when the policy's entropy is below the target and shrinks
+    when it is above it; ``None`` means -act_dim (a fresh policy's entropy is above it)."""
+    from metagrasp.policies.base import EnvSpec
+    from metagrasp.policies.sac import SAC, SACConfig, actor_and_temperature_step
+
+    spec = EnvSpec("point-nav", 2, 2, 2, 20, ("x", "y"), ("vx", "vy"))
+    sac = SAC(SACConfig(hidden=(8,), target_entropy=target, lr=1e-2), spec)
+    before = float(sac.log_alpha)
+    x = torch.randn(64, 2)
+    for _ in range(5):
+        a, logp = sac.actor(x)
+        alpha = sac.log_alpha.exp().detach()
+        actor_and_temperature_step(sac, torch.cat([x, a], -1), logp, alpha)
+    assert (float(sac.log_alpha) > before) == rises
