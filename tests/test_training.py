@@ -707,10 +707,10 @@ def test_sac_temperature_is_tuned_towards_the_target_entropy(target, rises):
 
     spec = EnvSpec("point-nav", 2, 2, 2, 20, ("x", "y"), ("vx", "vy"))
     sac = SAC(SACConfig(hidden=(8,), target_entropy=target, lr=1e-2), spec)
-    before = float(sac.log_alpha)
+    before = sac.log_alpha.item()
     x = torch.randn(64, 2)
     for _ in range(5):
         a, logp = sac.actor(x)
         alpha = sac.log_alpha.exp().detach()
         actor_and_temperature_step(sac, torch.cat([x, a], -1), logp, alpha)
-    assert (float(sac.log_alpha) > before) == rises
+    assert (sac.log_alpha.item() > before) == rises
