@@ -27,9 +27,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import metagrasp.assets as _assets
+
 __all__ = ["DEFAULT_PRETRAINED", "add_demo_parser", "find_pretrained", "run_demo"]
 
-PRETRAINED = Path(__file__).resolve().parents[1] / "assets" / "pretrained"
+# Package data of metagrasp.assets: in a checkout, assets/pretrained; installed, beside it.
+PRETRAINED = Path(_assets.__file__).resolve().parent / "pretrained"
 """Where shipped bundles live (one folder per bundle, ``policy.onnx`` inside)."""
 
 _HELP = """\
