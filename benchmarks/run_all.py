@@ -67,9 +67,6 @@ GRASP_LIFT_ARGS = [
     "--dr", "ppo", "--oracle", "rma:act_with=teacher",
     "--seeds", "0", "--eval-seeds", "0", "1",
 ]  # fmt: skip
-# The lines docs/BENCHMARKS.md reports on grasp-lift: PPO-DR, RMA, CAVIA, SAC-DR and RMA's
-# privileged teacher as the oracle. PEARL and RL² are not trained on grasp-lift there (the
-# 2-core budget ran out); add them to --algos to reproduce them too.
 
 
 @dataclass

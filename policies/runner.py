@@ -322,21 +322,13 @@ class Runner:
                     row = {**self.progress, **metrics}
                     for k, v in metrics.items():
                         writer.add_scalar(k, v, self.progress["env_steps"])
-                    if csv_w is not None and not set(row) <= set(csv_w.fieldnames):
-                        # A metric that first appears now (SAC's losses after warm-up):
-                        # widen the header instead of dropping it.
-                        csv_file.close()
-                        _widen_csv(csv_path, row)
-                        csv_file = csv_w = None
-                    if csv_w is None:
+                    # (Re)open on the first row, and when a metric first appears (SAC's
+                    # losses after warm-up): the header widens instead of dropping it.
+                    if csv_w is None or not set(row) <= set(csv_w.fieldnames):
+                        if csv_file is not None:
+                            csv_file.close()
                         new = not csv_path.exists()
-                        fields = list(row)
-                        if not new:
-                            with csv_path.open(newline="") as f:
-                                fields = next(csv.reader(f), fields)
-                            if not set(row) <= set(fields):
-                                _widen_csv(csv_path, row)
-                                fields += [k for k in row if k not in fields]
+                        fields = list(row) if new else _widened_header(csv_path, row)
                         csv_file = csv_path.open("a", newline="")
                         csv_w = csv.DictWriter(csv_file, fields)
                         if new:
@@ -372,17 +364,22 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def _widen_csv(path: Path, row: dict[str, Any]) -> None:
-    """Rewrite ``path`` with the columns of ``row`` that it lacks appended (empty in the
-    rows already written); atomic, so an interruption leaves the old file whole."""
+def _widened_header(path: Path, row: dict[str, Any]) -> list[str]:
+    """The CSV header of ``path`` plus the columns of ``row`` it lacks. When it lacks any,
+    the file is rewritten with them (empty in the rows already written), atomically, so an
+    interruption leaves the old file whole."""
     with path.open(newline="") as f:
-        old = list(csv.DictReader(f))
-        f.seek(0)
         fields = next(csv.reader(f), [])
-    fields += [k for k in row if k not in fields]
+        missing = [k for k in row if k not in fields]
+        if not missing:
+            return fields
+        f.seek(0)
+        old = list(csv.DictReader(f))
+    fields += missing
     tmp = path.with_suffix(".csv.tmp")
     with tmp.open("w", newline="") as f:
         w = csv.DictWriter(f, fields)
         w.writeheader()
         w.writerows(old)
     os.replace(tmp, path)
+    return fields

@@ -52,8 +52,8 @@ class SACConfig:
     """Initial entropy temperature (tuned automatically towards ``target_entropy``)."""
     target_entropy: float | None = None
     """Policy entropy (nats) the temperature is tuned towards; ``None`` = -act_dim, the
-    usual choice. Higher keeps exploring longer: on grasp-lift the temperature collapsed
-    (0.1 -> 0.008) before the oracle ever lifted (docs/BENCHMARKS.md)."""
+    usual choice. Higher keeps exploring longer: on grasp-lift, -3 made SAC-DR lift
+    earlier, but not the oracle (docs/BENCHMARKS.md)."""
 
     def __post_init__(self) -> None:
         for name in ("lr", "tau", "updates_per_step", "init_alpha"):

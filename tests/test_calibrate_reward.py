@@ -72,12 +72,13 @@ def test_a_drop_ends_the_episode_and_bad_input_is_refused():
         RewardConfig(weights={"place": 1.0})
 
 
-def _crushing_episodes(n: int):
-    """Scripted grasps squeezing 15 N on fragile train tasks (most of them crush)."""
+@pytest.fixture(scope="module")
+def crushing_episodes():
+    """Scripted grasps squeezing 15 N on 6 fragile train tasks (most of them crush)."""
     env = GraspEnv(config=EnvConfig(task="grasp-lift"))
     rng = np.random.default_rng(3)
     out = []
-    while len(out) < n:
+    while len(out) < 6:
         task = sample_task(rng, "train")
         if task.crush_limit >= 12.0:
             continue
@@ -87,9 +88,9 @@ def _crushing_episodes(n: int):
     return out
 
 
-def test_a_known_grip_limit_makes_the_device_see_crushes_as_the_sim_does():
+def test_a_known_grip_limit_makes_the_device_see_crushes_as_the_sim_does(crushing_episodes):
     crushed = 0
-    for task, ep, info in _crushing_episodes(6):
+    for task, ep, info in crushing_episodes:
         blind = DeviceReward().episode(ep["obs"], ep["action"], ep["next_obs"])
         known = DeviceReward(RewardConfig(max_grip_n=task.crush_limit)).episode(
             ep["obs"], ep["action"], ep["next_obs"]
@@ -107,8 +108,8 @@ def test_a_known_grip_limit_makes_the_device_see_crushes_as_the_sim_does():
     assert crushed >= 3
 
 
-def test_per_step_rewards_carry_the_crush_as_the_episode_does():
-    task, ep, info = next(e for e in _crushing_episodes(3) if e[2]["crushed"])
+def test_per_step_rewards_carry_the_crush_as_the_episode_does(crushing_episodes):
+    task, ep, info = next(e for e in crushing_episodes if e[2]["crushed"])
     judge = DeviceReward(RewardConfig(max_grip_n=task.crush_limit))
     whole = judge.episode(ep["obs"], ep["action"], ep["next_obs"])
     z0, crushed, steps = float(ep["obs"][0, 25]), False, []
