@@ -17,6 +17,11 @@ A line may be an algorithm evaluated with meta-test-time settings, written
 evaluated with those settings, e.g. ``--oracle rma:act_with=teacher`` uses RMA's teacher
 (the privileged latent) as the oracle line.
 
+``--warm-start TARGET=SOURCE`` trains TARGET starting from the finished SOURCE run of the
+same seed (``algo.init_from``, e.g. ``sac-oracle=sac``: the oracle is seeded with the DR
+policy). Its runs are ``TARGET-from-SOURCE-sN``, and its training wall-clock and env
+steps include the source's, since a user needs both runs to get it.
+
 Usage::
 
     python benchmarks/meta_rl.py --task point-nav --preset default \
@@ -48,12 +53,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--episodes-per-task", type=int, default=3, help="K")
     p.add_argument("--eval-seeds", type=int, nargs="+", default=[0], help="meta-test seeds")
     p.add_argument("--set", action="append", default=[], help="config override for all runs")
+    p.add_argument(
+        "--warm-start",
+        action="append",
+        default=[],
+        metavar="TARGET=SOURCE",
+        help="train TARGET from the finished SOURCE run of the same seed (algo.init_from)",
+    )
     p.add_argument("--workers", type=int, default=None, help="env worker processes")
     p.add_argument("--out", default="benchmarks/results", help="output folder")
     return p.parse_args(argv)
 
 
-def train(algo: str, seed: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+def train(
+    algo: str, seed: int, args: argparse.Namespace, out: Path, init_from: Path | None = None
+) -> dict[str, Any]:
     """Train one run unless it is already finished; returns its progress."""
     from metagrasp.policies.cli import parse_overrides
     from metagrasp.policies.runner import Runner, load_checkpoint, resolve_config
@@ -67,6 +81,8 @@ def train(algo: str, seed: int, args: argparse.Namespace, out: Path) -> dict[str
     else:
         overrides = parse_overrides(args.set)
         overrides["run"]["seed"] = seed
+        if init_from is not None:
+            overrides["algo"]["init_from"] = str(init_from.resolve())
         if args.workers is not None:
             overrides["run"]["workers"] = args.workers
         resolved = resolve_config(algo, args.task, args.preset, None, overrides)
@@ -120,8 +136,9 @@ def pooled(summaries: list[dict[str, Any]]) -> dict[str, Any]:
     return {"per_k": per_k, "family": summaries[0]["family"], "split": summaries[0]["split"]}
 
 
-def steps_to_fraction(run_dirs: list[Path], level: float) -> float:
-    """Env steps until the training success (10-row moving average) first reaches level."""
+def steps_to_fraction(run_dirs: list[Path], level: float, offset: float = 0.0) -> float:
+    """Env steps until the training success (10-row moving average) first reaches level
+    (plus ``offset``, the steps of a warm start's source run)."""
     found = []
     for run in run_dirs:
         rows = list(csv.DictReader((run / "metrics.csv").open()))
@@ -129,8 +146,24 @@ def steps_to_fraction(run_dirs: list[Path], level: float) -> float:
         steps = np.array([float(r["env_steps"]) for r in rows])
         smooth = np.convolve(succ, np.ones(10) / 10, mode="full")[: len(succ)]
         hit = np.nonzero(smooth >= level)[0]
-        found.append(steps[hit[0]] if hit.size else np.nan)
+        found.append(steps[hit[0]] + offset if hit.size else np.nan)
     return float(np.nanmean(found)) if not np.all(np.isnan(found)) else float("nan")
+
+
+def warm_starts(items: list[str], algos: list[str]) -> dict[str, str]:
+    """``TARGET=SOURCE`` items -> {target: source}, both among the trained algorithms."""
+    warm: dict[str, str] = {}
+    for item in items:
+        target, sep, source = item.partition("=")
+        if not sep or target not in algos or source not in algos or target == source:
+            raise SystemExit(
+                f"--warm-start {item!r}: expected TARGET=SOURCE, two different algorithms "
+                f"of this benchmark ({', '.join(algos)})"
+            )
+        warm[target] = source
+    if set(warm) & set(warm.values()):
+        raise SystemExit("--warm-start: a warm-started algorithm cannot be a source too")
+    return warm
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,15 +173,32 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) / f"{args.task}-{args.preset}"
     out.mkdir(parents=True, exist_ok=True)
     algos = list(dict.fromkeys([*args.algos, args.dr, args.oracle]))
+    warm = warm_starts(args.warm_start, [split_line(a)[0] for a in algos])
+    # Sources train first, so their finished runs exist when a warm-started run begins.
+    order = sorted(algos, key=lambda line: split_line(line)[0] in warm)
     runs: dict[str, list[Path]] = {}
-    wall: dict[str, float] = {}
-    steps: dict[str, float] = {}
-    for line in algos:
+    progress: dict[str, list[dict[str, Any]]] = {}
+    offset: dict[str, float] = {}
+    for line in order:
         algo = split_line(line)[0]
-        runs[line] = [out / "runs" / f"{algo}-s{s}" for s in args.seeds]
-        progs = [train(algo, s, args, d) for s, d in zip(args.seeds, runs[line], strict=True)]
-        wall[line] = float(np.mean([p["wall_s"] for p in progs]))
-        steps[line] = float(np.mean([p["env_steps"] for p in progs]))
+        source = warm.get(algo)
+        name = f"{algo}-from-{source}" if source else algo
+        runs[line] = [out / "runs" / f"{name}-s{s}" for s in args.seeds]
+        src_runs = [out / "runs" / f"{source}-s{s}" for s in args.seeds] if source else None
+        progs = [
+            train(algo, s, args, d, src_runs[i] if src_runs else None)
+            for i, (s, d) in enumerate(zip(args.seeds, runs[line], strict=True))
+        ]
+        if source:  # the user ran both: count both
+            src_progs = progress[next(a for a in order if split_line(a)[0] == source)]
+            offset[line] = float(np.mean([p["env_steps"] for p in src_progs]))
+            progs = [
+                {k: p[k] + q[k] for k in ("wall_s", "env_steps")}
+                for p, q in zip(progs, src_progs, strict=True)
+            ]
+        progress[line] = progs
+    wall = {a: float(np.mean([p["wall_s"] for p in progress[a]])) for a in algos}
+    steps = {a: float(np.mean([p["env_steps"] for p in progress[a]])) for a in algos}
     report: dict[str, Any] = {"task": args.task, "preset": args.preset, "splits": {}}
     lines = [f"# {args.task}, preset {args.preset}, training seeds {args.seeds}", ""]
     for split in args.splits:
@@ -183,7 +233,11 @@ def main(argv: list[str] | None = None) -> int:
                 if len(pk) > GAP_K and abs(r_hi - r_lo) > 1e-9
                 else float("nan")
             )
-            s80 = steps_to_fraction(runs[a], 0.8 * oracle_train) if oracle_train > 0 else np.nan
+            s80 = (
+                steps_to_fraction(runs[a], 0.8 * oracle_train, offset.get(a, 0.0))
+                if oracle_train > 0
+                else np.nan
+            )
             report["splits"][split][a] = {
                 "per_k": pk,
                 "gap_closure_k3": gap,

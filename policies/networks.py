@@ -48,6 +48,34 @@ class RunningNorm(nn.Module):
         return torch.clamp((x - self.mean.to(x.dtype)) / std, -self.clip, self.clip)
 
 
+@torch.no_grad()
+def load_widened(dst: nn.Sequential, src: nn.Sequential, at: int, extra: int) -> None:
+    """Copy the MLP ``src`` into ``dst``, whose first layer has ``extra`` more inputs.
+
+    The new inputs are inserted at column ``at`` of the first layer and get zero
+    weights, so ``dst`` computes exactly what ``src`` does whatever their values
+    (policy expansion: an oracle seeded from a trained DR network).
+
+    Raises:
+        ValueError: the two networks differ in anything but those input columns.
+    """
+    src_state, dst_state = src.state_dict(), dst.state_dict()
+    first = next(k for k in src_state if k.endswith("weight"))
+    if src_state.keys() != dst_state.keys():
+        raise ValueError("the networks have different layers")
+    for key, value in src_state.items():
+        if key == first:
+            want = (value.shape[0], value.shape[1] + extra)
+            if dst_state[key].shape != want:
+                raise ValueError(f"{key}: expected {tuple(want)}, got {tuple(dst_state[key].shape)}")
+            value = torch.cat(
+                [value[:, :at], value.new_zeros(value.shape[0], extra), value[:, at:]], 1
+            )
+        elif dst_state[key].shape != value.shape:
+            raise ValueError(f"{key}: {tuple(dst_state[key].shape)} != {tuple(value.shape)}")
+        dst_state[key].copy_(value)
+
+
 def mlp(sizes: tuple[int, ...], out_gain: float = 1.0) -> nn.Sequential:
     """Tanh MLP with orthogonal init (CleanRL's PPO)."""
     layers: list[nn.Module] = []

@@ -22,7 +22,7 @@ from torch import nn
 from metagrasp.errors import ConfigError
 from metagrasp.policies.base import EnvSpec
 from metagrasp.policies.collect import Episodes, episode_metrics
-from metagrasp.policies.networks import RunningNorm, mlp
+from metagrasp.policies.networks import RunningNorm, load_widened, mlp
 from metagrasp.policies.sampler import BoundPolicy, Rollout, as_sampler
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
@@ -54,6 +54,13 @@ class SACConfig:
     """Policy entropy (nats) the temperature is tuned towards; ``None`` = -act_dim, the
     usual choice. Higher keeps exploring longer: on grasp-lift, -3 made SAC-DR lift
     earlier, but not the oracle (docs/BENCHMARKS.md)."""
+    init_from: str = ""
+    """Oracle only: the directory of a trained SAC-DR run to start from (policy
+    expansion). Its actor, critics, temperature and normaliser are copied, and the
+    privileged inputs enter through new zero weights, so training starts from the DR
+    policy's behaviour and only has to learn what the task parameters add. The source's
+    training time counts towards the oracle's. Empty = from scratch, which on grasp-lift
+    never learned to lift (3 runs out of 3, docs/BENCHMARKS.md)."""
 
     def __post_init__(self) -> None:
         for name in ("lr", "tau", "updates_per_step", "init_alpha"):
@@ -174,6 +181,53 @@ class SAC:
         self.rng = np.random.default_rng(seed + 13)
         self.env_steps = 0
         self.iteration = 0
+        if config.init_from and not self.privileged:
+            raise ConfigError(
+                f"algo.init_from={config.init_from!r} is for the oracle (sac-oracle), which "
+                f"starts from a trained {self.name} run; remove it for {self.name}"
+            )
+
+    def _warm_start(self, run_dir: str) -> None:
+        """Copy a trained non-privileged SAC run into this oracle (see ``init_from``).
+
+        The privileged inputs get zero weights, so the oracle acts and values exactly as
+        the source does until training teaches it to use them.
+
+        Raises:
+            ConfigError: the source is not a SAC run of the same family and widths.
+            CheckpointError: the source is not a readable training run.
+        """
+        from metagrasp.policies.runner import load_trained
+
+        src, resolved, spec = load_trained(run_dir)
+        mismatch = [
+            f"{name} {theirs!r} != {ours!r}"
+            for name, theirs, ours in (
+                ("algorithm", resolved["run"]["algo"], "sac"),
+                ("task family", spec.family, self.spec.family),
+                ("obs_dim", spec.obs_dim, self.spec.obs_dim),
+                ("act_dim", spec.act_dim, self.spec.act_dim),
+                ("hidden", tuple(resolved["algo"]["hidden"]), tuple(self.config.hidden)),
+            )
+            if theirs != ours
+        ]
+        if mismatch:
+            raise ConfigError(
+                f"algo.init_from={run_dir!r} cannot seed this {self.name} run: "
+                f"{'; '.join(mismatch)}; give a sac run of the same task and algo.hidden"
+            )
+        o, k = self.spec.obs_dim, self.spec.task_dim
+        with torch.no_grad():
+            load_widened(self.actor.body, src.actor.body, at=o, extra=k)
+            for name in ("q1", "q2", "q1_t", "q2_t"):
+                load_widened(getattr(self, name), getattr(src, name), at=o, extra=k)
+            # The privileged vector is already scaled to about [-1, 1]: unit statistics
+            # for it, the source's for the observation (and its count, so the
+            # observation statistics do not jump).
+            self.norm.mean[:o], self.norm.var[:o] = src.norm.mean, src.norm.var
+            self.norm.mean[o:], self.norm.var[o:] = 0.0, 1.0
+            self.norm.count.copy_(src.norm.count)
+            self.log_alpha.copy_(src.log_alpha)
 
     # --- acting ----------------------------------------------------------------------
 
@@ -254,6 +308,9 @@ class SAC:
         return {k: float(np.mean(v)) for k, v in stats.items() if v}
 
     def train_iteration(self, env: Any) -> dict[str, float]:
+        if self.config.init_from and self.env_steps == 0:
+            # Here, not in __init__: evaluating or resuming the run must not need the source.
+            self._warm_start(self.config.init_from)
         ep = self.collect(env)
         n_updates = 0
         if self.env_steps >= self.config.warmup_steps:
@@ -330,8 +387,9 @@ def actor_and_temperature_step(
 
 
 def _behaviour_policy(algo: SAC, per_member: dict[str, Any], n: int) -> BoundPolicy:
-    """Uniform actions during warm-up, then the stochastic actor."""
-    warm = algo.env_steps < algo.config.warmup_steps
+    """Uniform actions during warm-up, then the stochastic actor (from the start when
+    warm-started from a trained run: its policy is better than uniform noise)."""
+    warm = algo.env_steps < algo.config.warmup_steps and not algo.config.init_from
 
     def policy(obs: np.ndarray, task: np.ndarray) -> tuple[np.ndarray, dict]:
         if warm:

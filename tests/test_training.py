@@ -714,3 +714,49 @@ def test_sac_temperature_is_tuned_towards_the_target_entropy(target, rises):
         alpha = sac.log_alpha.exp().detach()
         actor_and_temperature_step(sac, torch.cat([x, a], -1), logp, alpha)
     assert (sac.log_alpha.item() > before) == rises
+
+
+def test_oracle_warm_started_from_a_dr_run_acts_and_values_as_it_did(tmp_path):
+    """``init_from`` copies a trained SAC-DR run into the oracle with zero weights on the
+    privileged inputs: whatever the task vector, the first actions and Q values are the
+    source's; then training moves those weights (they get gradients)."""
+    out = tmp_path / "dr"
+    Runner(tiny_config("sac", total_env_steps=160), out, progress_bar=False).train()
+    src, _, spec = load_trained(out)
+    resolved = tiny_config("sac-oracle")
+    resolved["algo"]["init_from"] = str(out)
+    env = make_vector_env("point-nav", NUM_ENVS, seed=0, workers=0)
+    oracle = build_algorithm(resolved, env_spec(env, "point-nav"))
+    oracle._warm_start(str(out))
+    obs = np.random.default_rng(0).normal(size=(8, spec.obs_dim)).astype(np.float32)
+    task = np.random.default_rng(1).normal(size=(8, spec.task_dim)).astype(np.float32)
+    x_src = src.norm(torch.as_tensor(obs))
+    x_or = oracle.norm(torch.as_tensor(np.concatenate([obs, task], -1)))
+    a_src, _ = src.actor(x_src, deterministic=True)
+    a_or, _ = oracle.actor(x_or, deterministic=True)
+    torch.testing.assert_close(a_or, a_src)
+    for q in ("q1", "q2_t"):
+        q_src = getattr(src, q)(torch.cat([x_src, a_src], -1))
+        q_or = getattr(oracle, q)(torch.cat([x_or, a_src], -1))
+        torch.testing.assert_close(q_or, q_src)
+    first = oracle.actor.body[0].weight
+    assert torch.count_nonzero(first[:, spec.obs_dim :]) == 0
+    metrics = oracle.train_iteration(env)  # warm-starts (again) and updates at once
+    env.close()
+    assert metrics["updates"] > 0 and torch.count_nonzero(first[:, spec.obs_dim :]) > 0
+
+
+def test_warm_start_refuses_a_source_it_cannot_seed_and_a_dr_run_that_asks(tmp_path):
+    ppo_run = tmp_path / "ppo"
+    Runner(tiny_config("ppo", total_env_steps=80), ppo_run, progress_bar=False).train()
+    resolved = tiny_config("sac-oracle")
+    resolved["algo"]["init_from"] = str(ppo_run)
+    env = make_vector_env("point-nav", NUM_ENVS, seed=0, workers=0)
+    oracle = build_algorithm(resolved, env_spec(env, "point-nav"))
+    with pytest.raises(ConfigError, match="algorithm 'ppo' != 'sac'"):
+        oracle.train_iteration(env)
+    resolved = tiny_config("sac")
+    resolved["algo"]["init_from"] = str(ppo_run)
+    with pytest.raises(ConfigError, match="is for the oracle"):
+        build_algorithm(resolved, env_spec(env, "point-nav"))
+    env.close()
