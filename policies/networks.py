@@ -67,7 +67,8 @@ def load_widened(dst: nn.Sequential, src: nn.Sequential, at: int, extra: int) ->
         if key == first:
             want = (value.shape[0], value.shape[1] + extra)
             if dst_state[key].shape != want:
-                raise ValueError(f"{key}: expected {tuple(want)}, got {tuple(dst_state[key].shape)}")
+                got = tuple(dst_state[key].shape)
+                raise ValueError(f"{key}: expected {tuple(want)}, got {got}")
             value = torch.cat(
                 [value[:, :at], value.new_zeros(value.shape[0], extra), value[:, at:]], 1
             )
