@@ -133,7 +133,40 @@ def pooled(summaries: list[dict[str, Any]]) -> dict[str, Any]:
     succ = np.concatenate([np.asarray(s["raw_success"], float) for s in summaries])
     ret = np.concatenate([np.asarray(s["raw_return"], float) for s in summaries])
     per_k = per_k_stats(succ, ret)
-    return {"per_k": per_k, "family": summaries[0]["family"], "split": summaries[0]["split"]}
+    family, split = summaries[0]["family"], summaries[0]["split"]
+    return {"per_k": per_k, "family": family, "split": split, "raw_success": succ}
+
+
+def by_object_class(
+    res: dict[str, dict[str, Any]], family: str, split: str
+) -> tuple[list[str], dict[str, dict[str, float]]]:
+    """Success on fragile and on robust objects at k = 0 and the last k, per line.
+
+    The crush limit is the hidden parameter that a single grip cannot serve (a grip that
+    lifts a heavy robust object crushes a fragile one), so this split of the table shows
+    whether a line adapts its grip at all. Empty for families without fragile objects.
+    """
+    from metagrasp.sim.registry import family_split_tasks
+
+    tasks = family_split_tasks(family, split)
+    if not tasks or not hasattr(tasks[0], "fragile"):
+        return [], {}
+    fragile = np.array([t.fragile for t in tasks])
+    lines = [
+        f"Success by object class on `{split}` ({int(fragile.sum())} fragile and "
+        f"{int((~fragile).sum())} robust tasks):",
+        "",
+        "| line | fragile k=0 | fragile k=last | robust k=0 | robust k=last |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    table: dict[str, dict[str, float]] = {}
+    names = ("fragile_k0", "fragile_klast", "robust_k0", "robust_klast")
+    for line, r in res.items():
+        succ = r["raw_success"]  # (seeds, tasks, k)
+        cells = [succ[:, cls][..., k].mean() for cls in (fragile, ~fragile) for k in (0, -1)]
+        table[line] = {n: float(c) for n, c in zip(names, cells, strict=True)}
+        lines.append(f"| {line} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
+    return [*lines, ""], table
 
 
 def steps_to_fraction(run_dirs: list[Path], level: float, offset: float = 0.0) -> float:
@@ -254,6 +287,10 @@ def main(argv: list[str] | None = None) -> int:
                 f" | {wall[a] / 60:.1f} min | {steps[a]:,.0f} | {s80:,.0f} |"
             )
         lines.append("")
+        class_lines, by_class = by_object_class(res, args.task, split)
+        lines += class_lines
+        for a, cells in by_class.items():
+            report["splits"][split][a]["success_by_class"] = cells
         _plot(res, split, args, out / f"success_vs_k_{split}.png", lo, hi)
     (out / "table.md").write_text("\n".join(lines) + "\n")
     (out / "results.json").write_text(json.dumps(report, indent=1) + "\n")

@@ -43,3 +43,46 @@ def test_warm_start_names_must_be_two_trained_algorithms(tmp_path):
         "--warm-start", "sac-oracle=sac", "--out", str(tmp_path),
     )  # fmt: skip
     assert res.returncode != 0 and "--warm-start 'sac-oracle=sac'" in res.stderr
+
+
+def test_success_by_object_class_splits_fragile_from_robust_tasks():
+    import importlib.util
+
+    import numpy as np
+
+    from metagrasp.sim.registry import family_split_tasks
+
+    spec = importlib.util.spec_from_file_location("meta_rl", META_RL)
+    meta_rl = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(meta_rl)
+    fragile = np.array([t.fragile for t in family_split_tasks("grasp-lift", "test")])
+    succ = np.zeros((2, fragile.size, 4))
+    succ[:, ~fragile, 3] = 1.0  # lifts every robust object after 3 episodes, no fragile one
+    succ[0, np.nonzero(fragile)[0][0], 0] = 1.0  # one fragile success at k = 0, seed 0
+    lines, table = meta_rl.by_object_class({"x": {"raw_success": succ}}, "grasp-lift", "test")
+    n_frag = int(fragile.sum())
+    assert table["x"] == {
+        "fragile_k0": 1 / (2 * n_frag),
+        "fragile_klast": 0.0,
+        "robust_k0": 0.0,
+        "robust_klast": 1.0,
+    }
+    assert f"{n_frag} fragile" in lines[0] and lines[-2].startswith("| x |")
+    assert meta_rl.by_object_class({"x": {"raw_success": succ}}, "point-nav", "test") == ([], {})
+
+
+def test_privileged_scripted_grip_sits_inside_each_objects_force_window():
+    """benchmarks/scripted_grip.py's reference grip: above the force that lifts the
+    object and below its crush limit, after the hidden actuator gain."""
+    import importlib.util
+
+    from metagrasp.sim.registry import family_split_tasks
+
+    path = REPO / "benchmarks" / "scripted_grip.py"
+    spec = importlib.util.spec_from_file_location("scripted_grip", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    for split in ("test", "hard"):
+        for task in family_split_tasks("grasp-lift", split):
+            delivered = mod.privileged_grip(task) * task.actuator_gain
+            assert task.required_grip_force() < delivered < task.crush_limit, task.task_id
