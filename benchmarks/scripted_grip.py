@@ -3,9 +3,9 @@
 The scripted grasp (:class:`~metagrasp.sim.scripted.ScriptedGrasp`) solves the motion. Run
 on every fixed task of a split, it squeezes either
 
-* with a **privileged grip** chosen from the hidden parameters: the geometric mean of the
-  grip force the object needs (:meth:`TaskParams.required_grip_force`) and its crush
-  limit, divided by the hidden actuator gain (capped to the gripper's 0.5-20 N), or
+* with a **privileged grip** chosen from the hidden parameters
+  (:func:`~metagrasp.sim.scripted.privileged_grip`: the geometric mean of the grip force
+  the object needs and its crush limit, divided by the hidden actuator gain), or
 * with **one fixed grip** for every object, for each level of a grid; the best level is the
   best a policy that cannot tell objects apart does with this motion.
 
@@ -20,26 +20,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 
 import numpy as np
 
 from metagrasp.sim.registry import family_split_tasks, make_env
-from metagrasp.sim.scripted import ScriptedGrasp, run_episode
-from metagrasp.sim.tasks import GRIP_FORCE_MAX, TaskParams
+from metagrasp.sim.scripted import ScriptedGrasp, privileged_grip, run_episode
 
 FIXED_GRIPS_N = (1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 20.0)
 """The grid of single grip levels per pad (N)."""
-GRIP_FORCE_MIN = 0.5
-"""The gripper's smallest squeeze per pad (N) (:func:`metagrasp.actions.grip_fraction`)."""
-
-
-def privileged_grip(task: TaskParams) -> float:
-    """Squeeze per pad (N) commanded from the hidden parameters: inside the object's window
-    (needed force .. crush limit) on a log scale, corrected for the actuator gain."""
-    want = math.sqrt(task.required_grip_force() * min(task.crush_limit, GRIP_FORCE_MAX))
-    return min(max(want / task.actuator_gain, GRIP_FORCE_MIN), GRIP_FORCE_MAX)
 
 
 def measure(split: str, seeds: tuple[int, ...]) -> dict:

@@ -61,6 +61,15 @@ class SACConfig:
     policy's behaviour and only has to learn what the task parameters add. The source's
     training time counts towards the oracle's. Empty = from scratch, which on grasp-lift
     never learned to lift (3 runs out of 3, docs/BENCHMARKS.md)."""
+    demo_episodes: int = 0
+    """Scripted grasps recorded on ``train`` tasks into a separate demonstration buffer
+    before learning (grasp families only; :func:`metagrasp.sim.scripted.expert_episodes`):
+    the oracle's expert picks the grip from the hidden parameters, the DR line's uses the
+    best single grip. 0 = none. They show the gentle grasps of fragile objects that
+    exploration does not find (docs/BENCHMARKS.md)."""
+    demo_fraction: float = 0.5
+    """Share of every update batch drawn from the demonstrations (RLPD's symmetric
+    sampling is 0.5); only with ``demo_episodes`` > 0."""
 
     def __post_init__(self) -> None:
         for name in ("lr", "tau", "updates_per_step", "init_alpha"):
@@ -70,6 +79,10 @@ class SACConfig:
             raise ConfigError(f"algo.gamma={self.gamma} must be in [0, 1]")
         if self.batch_size < 1 or self.buffer_size < self.batch_size:
             raise ConfigError("algo.batch_size must be >= 1 and <= algo.buffer_size")
+        if self.demo_episodes < 0:
+            raise ConfigError(f"algo.demo_episodes={self.demo_episodes} must be >= 0")
+        if not 0.0 < self.demo_fraction < 1.0:
+            raise ConfigError(f"algo.demo_fraction={self.demo_fraction} must be in (0, 1)")
 
 
 class Replay:
@@ -159,6 +172,7 @@ class SAC:
         "opt_actor",
         "opt_q",
         "opt_alpha",
+        "demos",
     )
     """Attributes rollout workers do not need (see :class:`~metagrasp.policies.sampler.Rollout`)."""
 
@@ -181,6 +195,8 @@ class SAC:
         self.rng = np.random.default_rng(seed + 13)
         self.env_steps = 0
         self.iteration = 0
+        self.seed = seed
+        self.demos: Replay | None = None
         if config.init_from and not self.privileged:
             raise ConfigError(
                 f"algo.init_from={config.init_from!r} is for the oracle (sac-oracle), which "
@@ -228,6 +244,40 @@ class SAC:
             self.norm.mean[o:], self.norm.var[o:] = 0.0, 1.0
             self.norm.count.copy_(src.norm.count)
             self.log_alpha.copy_(src.log_alpha)
+
+    def _record_demos(self) -> Replay:
+        """The demonstration buffer (see ``demo_episodes``): a pure function of the seed,
+        so it is recorded again on resume instead of stored in every checkpoint."""
+        from metagrasp.sim.scripted import expert_episodes
+
+        d = expert_episodes(
+            self.spec.family, self.config.demo_episodes, 1_000_000 + self.seed, self.privileged
+        )
+        inputs = self._inputs(d["obs"], d["task"])
+        demos = Replay(len(d["rewards"]), inputs.shape[-1], self.spec.act_dim)
+        demos.add(
+            {
+                "obs": inputs,
+                "actions": d["actions"],
+                "rewards": d["rewards"],
+                "next_obs": self._inputs(d["next_obs"], d["task"]),
+                "dones": d["dones"],
+            }
+        )
+        if self.env_steps == 0 and not self.config.init_from:
+            # A fresh run: the normaliser starts from the demos too (a warm-started one
+            # keeps its source's, so it still acts as the source does).
+            self.norm.update(inputs)
+        return demos
+
+    def _batch(self, n: int) -> dict[str, torch.Tensor]:
+        """Replay transitions, with ``demo_fraction`` of them from the demonstrations."""
+        if self.demos is None:
+            return self.replay.sample(n, self.rng)
+        n_demo = int(round(n * self.config.demo_fraction))
+        online = self.replay.sample(n - n_demo, self.rng)
+        demo = self.demos.sample(n_demo, self.rng)
+        return {k: torch.cat([online[k], demo[k]]) for k in online}
 
     # --- acting ----------------------------------------------------------------------
 
@@ -285,7 +335,7 @@ class SAC:
         cfg = self.config
         stats: dict[str, list[float]] = {"q_loss": [], "pi_loss": [], "alpha": []}
         for _ in range(n_updates):
-            b = self.replay.sample(cfg.batch_size, self.rng)
+            b = self._batch(cfg.batch_size)
             x, nx = self.norm(b["obs"]).float(), self.norm(b["next_obs"]).float()
             alpha = self.log_alpha.exp().detach()
             with torch.no_grad():
@@ -311,6 +361,8 @@ class SAC:
         if self.config.init_from and self.env_steps == 0:
             # Here, not in __init__: evaluating or resuming the run must not need the source.
             self._warm_start(self.config.init_from)
+        if self.config.demo_episodes and self.demos is None:
+            self.demos = self._record_demos()
         ep = self.collect(env)
         n_updates = 0
         if self.env_steps >= self.config.warmup_steps:

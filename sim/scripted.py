@@ -5,6 +5,10 @@ and size, to align the fingers with the narrow side). It knows nothing of the hi
 parameters: its one grip level cannot suit heavy, slippery and fragile objects at once,
 which is exactly the gap meta-learning must close. It is used by ``metagrasp rollout``,
 by the tests, and as a reference line in task-family checks.
+
+:func:`privileged_grip` picks the grip from the hidden parameters instead (an oracle's
+choice), and :func:`expert_episodes` records scripted grasps as demonstrations for
+off-policy learners (``algo.demo_episodes`` of SAC).
 """
 
 from __future__ import annotations
@@ -170,4 +174,81 @@ def run_episode(
     }
 
 
-__all__ = ["ARM", "ScriptedGrasp", "run_episode"]
+GRIP_FORCE_MIN = 0.5
+"""The gripper's smallest squeeze per pad (N) (:func:`metagrasp.actions.grip_fraction`)."""
+BEST_FIXED_GRIP_N = 4.0
+"""The single grip (N per pad) with which the scripted grasp lifts most ``test`` objects
+(0.49; ``benchmarks/scripted_grip.py``): the best a controller blind to the hidden
+parameters does with this motion."""
+
+
+def privileged_grip(task: TaskParams) -> float:
+    """Squeeze per pad (N) chosen from the hidden parameters: inside the object's window
+    (the force that lifts it .. its crush limit) on a log scale, corrected for the hidden
+    actuator gain, within the gripper's 0.5-20 N."""
+    want = math.sqrt(task.required_grip_force() * min(task.crush_limit, GRIP_FORCE_MAX))
+    return min(max(want / task.actuator_gain, GRIP_FORCE_MIN), GRIP_FORCE_MAX)
+
+
+def expert_episodes(
+    family: str, episodes: int, seed: int, privileged: bool
+) -> dict[str, np.ndarray]:
+    """Transitions of scripted grasps on ``train`` tasks: a demonstration buffer.
+
+    Args:
+        family: a grasp task family (``grasp-lift``, ``place``, ...).
+        episodes: number of episodes, each on a task drawn from the ``train`` split.
+        seed: seed of episode ``i`` is ``seed + i`` (task draw, object pose, noise).
+        privileged: grip from the hidden parameters (:func:`privileged_grip`, for
+            oracles) or the best single grip (:data:`BEST_FIXED_GRIP_N`).
+
+    Returns:
+        ``obs``, ``actions``, ``rewards``, ``next_obs``, ``dones`` (terminated) and
+        ``task`` (the privileged vector), one row per env step; ``success`` per episode.
+
+    Raises:
+        UnknownNameError: the family has no grasp task (no scripted controller for it).
+    """
+    from metagrasp.errors import UnknownNameError
+    from metagrasp.sim.registry import make_env
+
+    env = make_env(family, split="train")
+    base = env.unwrapped
+    if not isinstance(getattr(base, "config", None), EnvConfig):
+        env.close()
+        raise UnknownNameError(
+            f"family {family!r} has no scripted grasp expert; demonstrations exist for "
+            "the grasp families only (set algo.demo_episodes=0)"
+        )
+    rows: dict[str, list] = {k: [] for k in ("obs", "actions", "rewards", "next_obs", "dones")}
+    tasks, success = [], []
+    try:
+        for i in range(episodes):
+            obs, info = env.reset(seed=seed + i)
+            task = base.task
+            grip = privileged_grip(task) if privileged else BEST_FIXED_GRIP_N
+            policy = ScriptedGrasp(task, base.config.task, grip_force=grip, config=base.config)
+            while True:
+                action = policy(obs)
+                nxt, reward, term, trunc, info = env.step(action)
+                for key, value in zip(rows, (obs, action, reward, nxt, float(term)), strict=True):
+                    rows[key].append(value)
+                tasks.append(info["task"])
+                obs = nxt
+                if term or trunc:
+                    success.append(bool(info["success"]))
+                    break
+    finally:
+        env.close()
+    out = {k: np.asarray(v, np.float32) for k, v in rows.items()}
+    return {**out, "task": np.asarray(tasks, np.float32), "success": np.asarray(success)}
+
+
+__all__ = [
+    "ARM",
+    "BEST_FIXED_GRIP_N",
+    "ScriptedGrasp",
+    "expert_episodes",
+    "privileged_grip",
+    "run_episode",
+]

@@ -72,17 +72,12 @@ def test_success_by_object_class_splits_fragile_from_robust_tasks():
 
 
 def test_privileged_scripted_grip_sits_inside_each_objects_force_window():
-    """benchmarks/scripted_grip.py's reference grip: above the force that lifts the
-    object and below its crush limit, after the hidden actuator gain."""
-    import importlib.util
-
+    """The oracle's grip of benchmarks/scripted_grip.py and the demonstrations: above the
+    force that lifts the object and below its crush limit, after the hidden gain."""
     from metagrasp.sim.registry import family_split_tasks
+    from metagrasp.sim.scripted import privileged_grip
 
-    path = REPO / "benchmarks" / "scripted_grip.py"
-    spec = importlib.util.spec_from_file_location("scripted_grip", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
     for split in ("test", "hard"):
         for task in family_split_tasks("grasp-lift", split):
-            delivered = mod.privileged_grip(task) * task.actuator_gain
+            delivered = privileged_grip(task) * task.actuator_gain
             assert task.required_grip_force() < delivered < task.crush_limit, task.task_id

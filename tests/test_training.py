@@ -760,3 +760,37 @@ def test_warm_start_refuses_a_source_it_cannot_seed_and_a_dr_run_that_asks(tmp_p
     with pytest.raises(ConfigError, match="is for the oracle"):
         build_algorithm(resolved, env_spec(env, "point-nav"))
     env.close()
+
+
+def test_sac_demonstrations_fill_half_of_every_batch_and_come_back_on_resume():
+    """``demo_episodes``: scripted grasps (the oracle's with the privileged grip) in their
+    own buffer, half of each update batch, recorded again identically after a resume."""
+    from metagrasp.policies.sac import SAC
+
+    overrides = {
+        "run": {"num_envs": 2, "workers": 0},
+        "algo": {"hidden": [16], "warmup_steps": 100, "batch_size": 8, "demo_episodes": 2},
+    }
+    resolved = resolve_config("sac-oracle", "grasp-lift", "quick", overrides=overrides)
+    env = make_vector_env("grasp-lift", 2, seed=0, workers=0)
+    algo = build_algorithm(resolved, env_spec(env, "grasp-lift"))
+    metrics = algo.train_iteration(env)
+    env.close()
+    assert metrics["updates"] > 0 and algo.demos.size == 200  # two 100-step episodes
+    assert algo.demos.data["obs"].shape[1] == algo.spec.obs_dim + algo.spec.task_dim
+    batch = algo._batch(8)
+    demo_rows = {tuple(r) for r in algo.demos.data["obs"].tolist()}
+    from_demos = [tuple(r) in demo_rows for r in batch["obs"].tolist()]
+    assert from_demos == [False] * 4 + [True] * 4
+    again = SAC._record_demos(algo)
+    assert np.array_equal(again.data["actions"], algo.demos.data["actions"])
+
+
+def test_demonstrations_need_a_grasp_family():
+    resolved = tiny_config("sac")
+    resolved["algo"]["demo_episodes"] = 1
+    env = make_vector_env("point-nav", NUM_ENVS, seed=0, workers=0)
+    algo = build_algorithm(resolved, env_spec(env, "point-nav"))
+    with pytest.raises(UnknownNameError, match="no scripted grasp expert"):
+        algo.train_iteration(env)
+    env.close()
