@@ -1,5 +1,6 @@
-"""benchmarks/meta_rl.py: a warm-started line (``--warm-start``) trains from its source run
-and is charged with the source's time and steps (tiny point-nav budgets, about 20 s)."""
+"""The benchmark scripts' own logic, with tiny budgets: meta_rl.py's warm-started lines
+(trained from their source run and charged its time and steps) and its per-class table,
+the scripted reference grip, and grip_probe.py."""
 
 import json
 import subprocess
@@ -81,3 +82,25 @@ def test_privileged_scripted_grip_sits_inside_each_objects_force_window():
         for task in family_split_tasks("grasp-lift", split):
             delivered = privileged_grip(task) * task.actuator_gain
             assert task.required_grip_force() < delivered < task.crush_limit, task.task_id
+
+
+def test_grip_probe_reports_each_fragile_task_of_a_trained_run(tmp_path):
+    import importlib.util
+
+    from metagrasp.policies.runner import Runner, resolve_config
+
+    overrides = {
+        "run": {"total_env_steps": 200, "num_envs": 2, "workers": 0},
+        "algo": {"hidden": [16], "warmup_steps": 100, "batch_size": 8},
+    }
+    resolved = resolve_config("sac", "grasp-lift", "quick", overrides=overrides)
+    Runner(resolved, tmp_path / "run", progress_bar=False).train()
+    spec = importlib.util.spec_from_file_location(
+        "grip_probe", REPO / "benchmarks" / "grip_probe.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    res = mod.probe(str(tmp_path / "run"), "test", deterministic=True)
+    assert res["fragile_tasks"] == 30
+    assert len(res["g_at_crush"]) == round(res["crushed"] * 30)
+    assert all(0.0 <= res[k] <= 1.0 for k in ("crushed", "grasped_intact", "success"))
