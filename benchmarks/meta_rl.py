@@ -17,6 +17,10 @@ A line may be an algorithm evaluated with meta-test-time settings, written
 evaluated with those settings, e.g. ``--oracle rma:act_with=teacher`` uses RMA's teacher
 (the privileged latent) as the oracle line.
 
+``--train-set ALGO:SECTION.FIELD=VALUE[,...]`` changes the training settings of one
+algorithm only (e.g. ``sac-oracle:algo.demo_episodes=1000``); its runs are named after the
+settings (``sac-oracle-demo_episodes=1000-s0``), so they never mix with default runs.
+
 ``--warm-start TARGET=SOURCE`` trains TARGET starting from the finished SOURCE run of the
 same seed (``algo.init_from``, e.g. ``sac-oracle=sac``: the oracle is seeded with the DR
 policy). Its runs are ``TARGET-from-SOURCE-sN``, and its training wall-clock and env
@@ -54,6 +58,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-seeds", type=int, nargs="+", default=[0], help="meta-test seeds")
     p.add_argument("--set", action="append", default=[], help="config override for all runs")
     p.add_argument(
+        "--train-set",
+        action="append",
+        default=[],
+        metavar="ALGO:SECTION.FIELD=VALUE[,...]",
+        help="training settings of one algorithm only",
+    )
+    p.add_argument(
         "--warm-start",
         action="append",
         default=[],
@@ -66,7 +77,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def train(
-    algo: str, seed: int, args: argparse.Namespace, out: Path, init_from: Path | None = None
+    algo: str,
+    seed: int,
+    args: argparse.Namespace,
+    out: Path,
+    init_from: Path | None = None,
+    own: list[str] | None = None,
 ) -> dict[str, Any]:
     """Train one run unless it is already finished; returns its progress."""
     from metagrasp.policies.cli import parse_overrides
@@ -79,7 +95,7 @@ def train(
             return dict(data["progress"])
         runner = Runner({}, out, resume=True, progress_bar=False)
     else:
-        overrides = parse_overrides(args.set)
+        overrides = parse_overrides([*args.set, *(own or [])])
         overrides["run"]["seed"] = seed
         if init_from is not None:
             overrides["algo"]["init_from"] = str(init_from.resolve())
@@ -199,6 +215,34 @@ def warm_starts(items: list[str], algos: list[str]) -> dict[str, str]:
     return warm
 
 
+def train_settings(items: list[str], algos: list[str]) -> dict[str, list[str]]:
+    """``ALGO:SECTION.FIELD=VALUE[,...]`` items -> {algo: ["SECTION.FIELD=VALUE", ...]}."""
+    from metagrasp.errors import ConfigError
+    from metagrasp.policies.cli import parse_overrides
+
+    own: dict[str, list[str]] = {}
+    for item in items:
+        algo, sep, rest = item.partition(":")
+        settings = [kv for kv in rest.split(",") if kv]
+        if not sep or algo not in algos or not settings:
+            raise SystemExit(
+                f"--train-set {item!r}: expected ALGO:SECTION.FIELD=VALUE[,...] with ALGO one "
+                f"of this benchmark's algorithms ({', '.join(algos)})"
+            )
+        try:  # malformed items are refused now, not after hours of other trainings
+            parse_overrides(settings)
+        except ConfigError as exc:
+            raise SystemExit(f"--train-set {item!r}: {exc}") from exc
+        own.setdefault(algo, []).extend(settings)
+    return own
+
+
+def run_name(algo: str, settings: list[str], source: str | None) -> str:
+    """Run folder stem: the algorithm, its own training settings, its warm-start source."""
+    name = algo + "".join(f"-{kv.partition('.')[2]}" for kv in settings)
+    return f"{name}-from-{source}" if source else name
+
+
 def main(argv: list[str] | None = None) -> int:
     from metagrasp.policies.evaluate import GAP_K, reference_level
 
@@ -207,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     algos = list(dict.fromkeys([*args.algos, args.dr, args.oracle]))
     warm = warm_starts(args.warm_start, [split_line(a)[0] for a in algos])
+    own = train_settings(args.train_set, [split_line(a)[0] for a in algos])
     # Sources train first, so their finished runs exist when a warm-started run begins.
     order = sorted(algos, key=lambda line: split_line(line)[0] in warm)
     runs: dict[str, list[Path]] = {}
@@ -215,11 +260,11 @@ def main(argv: list[str] | None = None) -> int:
     for line in order:
         algo = split_line(line)[0]
         source = warm.get(algo)
-        name = f"{algo}-from-{source}" if source else algo
-        runs[line] = [out / "runs" / f"{name}-s{s}" for s in args.seeds]
-        src_runs = [out / "runs" / f"{source}-s{s}" for s in args.seeds] if source else None
+        names = {a: run_name(a, own.get(a, []), warm.get(a)) for a in (algo, source) if a}
+        runs[line] = [out / "runs" / f"{names[algo]}-s{s}" for s in args.seeds]
+        src_runs = [out / "runs" / f"{names[source]}-s{s}" for s in args.seeds] if source else None
         progs = [
-            train(algo, s, args, d, src_runs[i] if src_runs else None)
+            train(algo, s, args, d, src_runs[i] if src_runs else None, own.get(algo))
             for i, (s, d) in enumerate(zip(args.seeds, runs[line], strict=True))
         ]
         if source:  # the user ran both: count both

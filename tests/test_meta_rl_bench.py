@@ -18,32 +18,37 @@ def _meta_rl(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_warm_started_oracle_trains_from_the_dr_run_and_counts_its_cost(tmp_path):
+def test_warm_started_oracle_with_its_own_settings_trains_from_the_dr_run(tmp_path):
+    """--warm-start trains the oracle from the DR run and charges it the DR run's cost;
+    --train-set gives it settings the DR run does not get, in a run folder of its own."""
     sets = [x for item in TINY for x in ("--set", item)]
     res = _meta_rl(
         "--task", "point-nav", "--preset", "quick",
         "--algos", "sac-oracle", "sac", "--dr", "sac", "--oracle", "sac-oracle",
-        "--warm-start", "sac-oracle=sac",
+        "--warm-start", "sac-oracle=sac", "--train-set", "sac-oracle:algo.demo_fraction=0.25",
         "--splits", "test", "--episodes-per-task", "1", "--workers", "0",
         *sets, "--out", str(tmp_path),
     )  # fmt: skip
     assert res.returncode == 0, res.stdout + res.stderr
     out = tmp_path / "point-nav-quick"
-    dr_run, oracle_run = out / "runs" / "sac-s0", out / "runs" / "sac-oracle-from-sac-s0"
+    dr_run = out / "runs" / "sac-s0"
+    oracle_run = out / "runs" / "sac-oracle-demo_fraction=0.25-from-sac-s0"
     config = json.loads((oracle_run / "config.json").read_text())
     assert config["algo"]["init_from"] == str(dr_run.resolve())
+    assert config["algo"]["demo_fraction"] == 0.25  # its own setting, not the DR run's
+    assert json.loads((dr_run / "config.json").read_text())["algo"]["demo_fraction"] == 0.5
     table = json.loads((out / "results.json").read_text())["splits"]["test"]
     assert table["sac"]["env_steps"] == 160
     assert table["sac-oracle"]["env_steps"] == 320  # its own 160 and the source's
     assert table["sac-oracle"]["train_wall_s"] > table["sac"]["train_wall_s"]
 
 
-def test_warm_start_names_must_be_two_trained_algorithms(tmp_path):
-    res = _meta_rl(
-        "--task", "point-nav", "--algos", "sac", "--dr", "sac", "--oracle", "sac",
-        "--warm-start", "sac-oracle=sac", "--out", str(tmp_path),
-    )  # fmt: skip
+def test_warm_start_and_train_set_name_trained_algorithms(tmp_path):
+    base = ["--task", "point-nav", "--algos", "sac", "--dr", "sac", "--oracle", "sac"]
+    res = _meta_rl(*base, "--warm-start", "sac-oracle=sac", "--out", str(tmp_path))
     assert res.returncode != 0 and "--warm-start 'sac-oracle=sac'" in res.stderr
+    res = _meta_rl(*base, "--train-set", "sac:demo_fraction=0.2", "--out", str(tmp_path))
+    assert res.returncode != 0 and "SECTION.FIELD=VALUE" in res.stderr
 
 
 def test_success_by_object_class_splits_fragile_from_robust_tasks():
