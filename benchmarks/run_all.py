@@ -63,10 +63,14 @@ SHIPPED_BUNDLES = [
 # docs/BENCHMARKS.md's "Grasp-lift" section (it evaluates every line of its table).
 GRASP_LIFT_ARGS = [
     "--task", "grasp-lift", "--preset", "default",
-    "--algos", "ppo", "rma", "cavia", "sac", "pearl", "rl2", "sac-oracle",
-    "--dr", "ppo", "--oracle", "rma:act_with=teacher",
+    "--algos", "ppo", "rma", "rma:act_with=teacher", "cavia", "sac", "pearl", "rl2",
+    "sac-oracle",
+    "--dr", "sac", "--oracle", "sac-oracle",
+    "--train-set", "sac-oracle:algo.demo_episodes=1000,run.total_env_steps=400000",
     "--seeds", "0", "--eval-seeds", "0", "1",
 ]  # fmt: skip
+QUICK_TRAIN_SET = {"run.total_env_steps": "1600", "algo.demo_episodes": "2"}
+"""What ``--quick`` makes of a line's own training settings (``meta_rl.py --train-set``)."""
 
 
 @dataclass
@@ -216,6 +220,8 @@ def _meta_rl_step(ctx: Context, sdir: Path, name: str, args: list[str]) -> Step:
         args = _swap(args, "--seeds", ["0"])
         args = _swap(args, "--eval-seeds", ["0"])
         args = _swap(args, "--workers", ["0"]) + ["--set", "run.total_env_steps=1600"]
+        args = [_quick_settings(a) if i and args[i - 1] == "--train-set" else a
+                for i, a in enumerate(args)]  # fmt: skip
     task, preset = args[args.index("--task") + 1], args[args.index("--preset") + 1]
     src = ctx.runs / f"{task}-{preset}"
     collect = {str(src / "results.json"): f"{name}/results.json"}
@@ -224,6 +230,14 @@ def _meta_rl_step(ctx: Context, sdir: Path, name: str, args: list[str]) -> Step:
 
 
 SPLITS = ("test", "hard")
+
+
+def _quick_settings(value: str) -> str:
+    """A ``--train-set ALGO:SECTION.FIELD=VALUE,...`` value with tiny budgets."""
+    algo, _, rest = value.partition(":")
+    items = dict(kv.partition("=")[::2] for kv in rest.split(",") if kv)
+    items = {k: QUICK_TRAIN_SET.get(k, v) for k, v in items.items()}
+    return algo + ":" + ",".join(f"{k}={v}" for k, v in items.items())
 
 
 def _swap(args: list[str], flag: str, values: list[str]) -> list[str]:
