@@ -4,6 +4,7 @@ Runs the cheapest sections only (simulation throughput and policy latency, about
 2 cores); the training, soak and calibration sections run the same code path.
 """
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -105,3 +106,25 @@ def test_cli_bench_all_forwards_to_run_all(tmp_path):
     res = cli("all", "--only", "no-such-section", "--out", str(tmp_path))
     assert res.returncode == 2 and "unknown section 'no-such-section'" in res.stderr
     assert "point-nav" in res.stderr and "calibration" in res.stderr
+
+
+def test_quick_grasp_lift_step_shrinks_every_budget_of_its_lines():
+    """--quick must not train a line's own --train-set budget (400 k steps, 1000 demos)."""
+    import importlib.util
+
+    sys.path.insert(0, str(REPO / "benchmarks"))  # run_all imports its renderer
+    try:
+        spec = importlib.util.spec_from_file_location("run_all", RUN_ALL)
+        run_all = importlib.util.module_from_spec(spec)
+        sys.modules["run_all"] = run_all  # dataclasses look their module up
+        spec.loader.exec_module(run_all)
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+        sys.modules.pop("run_all", None)
+    fields = {f.name: [] for f in dataclasses.fields(run_all.Context)}
+    ctx = run_all.Context(**{**fields, "out": Path("/r"), "runs": Path("/r/runs"), "quick": True})
+    (step,) = run_all.grasp_lift_steps(ctx, Path("/r/grasp-lift"))
+    argv = step.argv
+    own = argv[argv.index("--train-set") + 1]
+    assert own == "sac-oracle:algo.demo_episodes=2,run.total_env_steps=1600"
+    assert argv[argv.index("--preset") + 1] == "quick"
