@@ -323,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
                 "train_wall_s": wall[a],
                 "env_steps": steps[a],
                 "steps_to_80pct_oracle": s80,
+                "runs": [str(r) for r in runs[a]],
             }
             cells = [f"{r['success']:.3f} ± {r['success_ci95']:.3f}" for r in pk]
             lines.append(

@@ -207,12 +207,19 @@ def _plot_return_vs_k(lines: dict, path: Path, optimal: float | None) -> str:
 
 def _training_curves(runs: Path, res: dict, dest: Path) -> str:
     """Training success and return vs env steps, every seed of every algorithm."""
-    algos = sorted({a.split(":")[0] for lines in res["splits"].values() for a in lines})
+    # The run folders each line was trained in (meta_rl.py records them: a line with its
+    # own training settings has its own folders), else the default ``ALGO-sN`` ones.
+    algo_runs: dict[str, list[Path]] = {}
+    for lines in res["splits"].values():
+        for line, v in lines.items():
+            algo = line.split(":")[0]
+            found = [Path(r) for r in v["runs"]] if "runs" in v else runs.glob(f"{algo}-s*")
+            algo_runs.setdefault(algo, sorted(found))
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     drawn = False
-    for i, algo in enumerate(algos):
+    for i, algo in enumerate(sorted(algo_runs)):
         color = f"C{i % 10}"
-        for j, run in enumerate(sorted(runs.glob(f"{algo}-s*"))):
+        for j, run in enumerate(algo_runs[algo]):
             metrics = run / "metrics.csv"
             if not metrics.exists():
                 continue

@@ -40,6 +40,7 @@ def test_warm_started_oracle_with_its_own_settings_trains_from_the_dr_run(tmp_pa
     table = json.loads((out / "results.json").read_text())["splits"]["test"]
     assert table["sac"]["env_steps"] == 160
     assert table["sac-oracle"]["env_steps"] == 320  # its own 160 and the source's
+    assert table["sac-oracle"]["runs"] == [str(oracle_run)]  # the report's training curves
     assert table["sac-oracle"]["train_wall_s"] > table["sac"]["train_wall_s"]
 
 
