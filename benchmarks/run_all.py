@@ -69,6 +69,16 @@ GRASP_LIFT_ARGS = [
     "--train-set", "sac-oracle:algo.demo_episodes=1000,run.total_env_steps=400000",
     "--seeds", "0", "--eval-seeds", "0", "1",
 ]  # fmt: skip
+# What the privileged input adds when DR and oracle get the same demonstrations (the DR
+# line's expert uses the best single grip, the oracle's the privileged one). Same runs
+# of the oracle as above; keep equal to BENCHMARKS.md's "DR with demonstrations" command.
+GRASP_LIFT_DEMOS_ARGS = [
+    "--task", "grasp-lift", "--preset", "default",
+    "--algos", "sac", "sac-oracle", "--dr", "sac", "--oracle", "sac-oracle",
+    "--train-set", "sac:algo.demo_episodes=1000,run.total_env_steps=400000",
+    "--train-set", "sac-oracle:algo.demo_episodes=1000,run.total_env_steps=400000",
+    "--seeds", "0", "1", "--eval-seeds", "0", "1",
+]  # fmt: skip
 QUICK_TRAIN_SET = {"run.total_env_steps": "1600", "algo.demo_episodes": "2"}
 """What ``--quick`` makes of a line's own training settings (``meta_rl.py --train-set``)."""
 
@@ -269,7 +279,10 @@ def grasp_lift_steps(ctx: Context, sdir: Path) -> list[Step]:
     args = list(GRASP_LIFT_ARGS)
     if ctx.quick:
         args = _swap(args, "--algos", ["ppo", "rma"])
-    return [_meta_rl_step(ctx, sdir, "grasp-lift", args)]
+    return [
+        _meta_rl_step(ctx, sdir, "grasp-lift", args),
+        _meta_rl_step(ctx, sdir, "grasp-lift-demos", list(GRASP_LIFT_DEMOS_ARGS)),
+    ]
 
 
 def _policy_runs(ctx: Context, algos: tuple[str, ...]) -> tuple[list[Step], list[str]]:
