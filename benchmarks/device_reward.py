@@ -19,39 +19,29 @@ import numpy as np
 
 from metagrasp.adapt.reward import DeviceReward, RewardConfig
 from metagrasp.sim.registry import make_env
-from metagrasp.sim.scripted import ScriptedGrasp
+from metagrasp.sim.scripted import ScriptedGrasp, record_episode
 
 GRIPS_N = (3.0, 8.0, 15.0)
 """Grip levels per pad of the scripted grasp, cycled over episodes."""
 
 
-def _episode(env, seed: int, grip: float) -> tuple[dict[str, np.ndarray], dict, float]:
-    obs, _ = env.reset(seed=seed)
-    base = env.unwrapped
-    policy = ScriptedGrasp(base.task, "grasp-lift", config=base.config, grip_force=grip)
-    rows: dict[str, list] = {"obs": [], "action": [], "next_obs": []}
-    total = 0.0
-    while True:
-        a = policy(obs)
-        nxt, r, term, trunc, info = env.step(a)
-        for k, v in zip(rows, (obs, a, nxt), strict=True):
-            rows[k].append(v)
-        total += float(r)
-        obs = nxt
-        if term or trunc:
-            return {k: np.asarray(v) for k, v in rows.items()}, info, total
-
-
 def measure(split: str, episodes: int) -> dict:
     """Per-episode sim and device judgements, summarised."""
     env = make_env("grasp-lift", split=split)
+    base = env.unwrapped
+
+    def scripted(grip: float) -> ScriptedGrasp:  # for the task the reset just drew
+        return ScriptedGrasp(base.task, "grasp-lift", config=base.config, grip_force=grip)
+
     rows = []
     for i in range(episodes):
-        ep, info, sim_return = _episode(env, i, GRIPS_N[i % len(GRIPS_N)])
-        limit = env.unwrapped.task.crush_limit
-        blind = DeviceReward().episode(ep["obs"], ep["action"], ep["next_obs"])
+        grip = GRIPS_N[i % len(GRIPS_N)]
+        ep, info = record_episode(env, lambda g=grip: scripted(g), seed=i)
+        sim_return = sum(ep["rewards"].tolist())  # summed in step order, as the env does
+        limit = base.task.crush_limit
+        blind = DeviceReward().episode(ep["obs"], ep["actions"], ep["next_obs"])
         known = DeviceReward(RewardConfig(max_grip_n=limit)).episode(
-            ep["obs"], ep["action"], ep["next_obs"]
+            ep["obs"], ep["actions"], ep["next_obs"]
         )
         rows.append(
             {

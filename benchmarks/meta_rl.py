@@ -250,8 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) / f"{args.task}-{args.preset}"
     out.mkdir(parents=True, exist_ok=True)
     algos = list(dict.fromkeys([*args.algos, args.dr, args.oracle]))
-    warm = warm_starts(args.warm_start, [split_line(a)[0] for a in algos])
-    own = train_settings(args.train_set, [split_line(a)[0] for a in algos])
+    trained = [split_line(a)[0] for a in algos]
+    warm = warm_starts(args.warm_start, trained)
+    own = train_settings(args.train_set, trained)
     # Sources train first, so their finished runs exist when a warm-started run begins.
     order = sorted(algos, key=lambda line: split_line(line)[0] in warm)
     runs: dict[str, list[Path]] = {}

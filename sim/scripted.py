@@ -220,28 +220,46 @@ def expert_episodes(
             f"family {family!r} has no scripted grasp expert; demonstrations exist for "
             "the grasp families only (set algo.demo_episodes=0)"
         )
-    rows: dict[str, list] = {k: [] for k in ("obs", "actions", "rewards", "next_obs", "dones")}
-    tasks, success = [], []
+
+    def expert() -> ScriptedGrasp:  # called after the reset that drew the task
+        task, cfg = base.task, base.config
+        grip = privileged_grip(task) if privileged else BEST_FIXED_GRIP_N
+        return ScriptedGrasp(task, cfg.task, grip_force=grip, config=cfg)
+
+    recorded, success = [], []
     try:
         for i in range(episodes):
-            obs, info = env.reset(seed=seed + i)
-            task = base.task
-            grip = privileged_grip(task) if privileged else BEST_FIXED_GRIP_N
-            policy = ScriptedGrasp(task, base.config.task, grip_force=grip, config=base.config)
-            while True:
-                action = policy(obs)
-                nxt, reward, term, trunc, info = env.step(action)
-                for key, value in zip(rows, (obs, action, reward, nxt, float(term)), strict=True):
-                    rows[key].append(value)
-                tasks.append(info["task"])
-                obs = nxt
-                if term or trunc:
-                    success.append(bool(info["success"]))
-                    break
+            ep, info = record_episode(env, expert, seed=seed + i)
+            ep["task"] = np.broadcast_to(info["task"], (len(ep["rewards"]), len(info["task"])))
+            recorded.append(ep)
+            success.append(bool(info["success"]))
     finally:
         env.close()
-    out = {k: np.asarray(v, np.float32) for k, v in rows.items()}
-    return {**out, "task": np.asarray(tasks, np.float32), "success": np.asarray(success)}
+    out = {k: np.concatenate([e[k] for e in recorded]).astype(np.float32) for k in recorded[0]}
+    return {**out, "success": np.asarray(success)}
+
+
+def record_episode(
+    env, make_policy, seed: int | None = None, options: dict | None = None
+) -> tuple[dict[str, np.ndarray], dict]:
+    """Reset ``env``, build the policy with ``make_policy()`` (after the reset, so it can
+    read the task the env drew), run one episode and keep every transition.
+
+    Returns:
+        ``({obs, actions, rewards, next_obs, dones}, final info)``: one row per step,
+        ``dones`` 1.0 where the episode terminated (not truncated).
+    """
+    obs, _ = env.reset(seed=seed, options=options)
+    policy = make_policy()
+    rows: dict[str, list] = {k: [] for k in ("obs", "actions", "rewards", "next_obs", "dones")}
+    while True:
+        action = policy(obs)
+        nxt, reward, term, trunc, info = env.step(action)
+        for key, value in zip(rows, (obs, action, reward, nxt, float(term)), strict=True):
+            rows[key].append(value)
+        obs = nxt
+        if term or trunc:
+            return {k: np.asarray(v) for k, v in rows.items()}, info
 
 
 __all__ = [
@@ -250,5 +268,6 @@ __all__ = [
     "ScriptedGrasp",
     "expert_episodes",
     "privileged_grip",
+    "record_episode",
     "run_episode",
 ]

@@ -11,7 +11,7 @@ from metagrasp.adapt.reward import DEFAULT_WEIGHTS, DeviceReward, RewardConfig
 from metagrasp.errors import ConfigError
 from metagrasp.sim import scene
 from metagrasp.sim.grasp_env import CLOSE_RADIUS, LIFT_HEIGHT, EnvConfig, GraspEnv
-from metagrasp.sim.scripted import ScriptedGrasp
+from metagrasp.sim.scripted import ScriptedGrasp, record_episode
 from metagrasp.sim.tasks import sample_task
 
 
@@ -24,17 +24,10 @@ def test_constants_are_the_sims():
 
 
 def _episode(env, task, seed, grip):
-    policy = ScriptedGrasp(task, grip_force=grip, config=env.config)
-    obs, _ = env.reset(seed=seed, options={"task": task})
-    rows = {"obs": [], "action": [], "next_obs": [], "reward": []}
-    while True:
-        a = policy(obs)
-        nxt, r, term, trunc, info = env.step(a)
-        for k, v in zip(rows, (obs, a, nxt, r), strict=True):
-            rows[k].append(v)
-        obs = nxt
-        if term or trunc:
-            return {k: np.asarray(v) for k, v in rows.items()}, info
+    def scripted() -> ScriptedGrasp:
+        return ScriptedGrasp(task, grip_force=grip, config=env.config)
+
+    return record_episode(env, scripted, seed=seed, options={"task": task})
 
 
 def test_device_success_and_return_match_the_sim_when_nothing_is_crushed():
@@ -45,13 +38,13 @@ def test_device_success_and_return_match_the_sim_when_nothing_is_crushed():
     for i in range(10):
         task = sample_task(rng, "train")
         ep, info = _episode(env, task, i, grip=8.0)
-        out = judge.episode(ep["obs"], ep["action"], ep["next_obs"])
+        out = judge.episode(ep["obs"], ep["actions"], ep["next_obs"])
         if info["crushed"]:
             continue  # the device cannot see the hidden crush limit (documented)
         checked += 1
         successes += info["success"]
         assert out.success == info["success"], i
-        sim_return = float(ep["reward"].sum())
+        sim_return = float(ep["rewards"].sum())
         assert abs(out.episode_return - sim_return) <= 0.05 * abs(sim_return) + 3.0, i
     assert checked >= 4 and successes >= 2  # the check saw both outcomes' kind of data
     env.close()
@@ -91,11 +84,11 @@ def crushing_episodes():
 def test_a_known_grip_limit_makes_the_device_see_crushes_as_the_sim_does(crushing_episodes):
     crushed = 0
     for task, ep, info in crushing_episodes:
-        blind = DeviceReward().episode(ep["obs"], ep["action"], ep["next_obs"])
+        blind = DeviceReward().episode(ep["obs"], ep["actions"], ep["next_obs"])
         known = DeviceReward(RewardConfig(max_grip_n=task.crush_limit)).episode(
-            ep["obs"], ep["action"], ep["next_obs"]
+            ep["obs"], ep["actions"], ep["next_obs"]
         )
-        sim_return = float(ep["reward"].sum())
+        sim_return = float(ep["rewards"].sum())
         assert known.crushed == info["crushed"]
         assert known.success == info["success"]
         assert abs(known.episode_return - sim_return) <= 0.05 * abs(sim_return) + 3.0
@@ -111,9 +104,9 @@ def test_a_known_grip_limit_makes_the_device_see_crushes_as_the_sim_does(crushin
 def test_per_step_rewards_carry_the_crush_as_the_episode_does(crushing_episodes):
     task, ep, info = next(e for e in crushing_episodes if e[2]["crushed"])
     judge = DeviceReward(RewardConfig(max_grip_n=task.crush_limit))
-    whole = judge.episode(ep["obs"], ep["action"], ep["next_obs"])
+    whole = judge.episode(ep["obs"], ep["actions"], ep["next_obs"])
     z0, crushed, steps = float(ep["obs"][0, 25]), False, []
-    for o, a, nx in zip(ep["obs"], ep["action"], ep["next_obs"], strict=True):
+    for o, a, nx in zip(ep["obs"], ep["actions"], ep["next_obs"], strict=True):
         r, crushed = judge.step(o, a, nx, z0, crushed)
         steps.append(r)
     assert crushed and np.allclose(steps, whole.rewards, atol=1e-4)
