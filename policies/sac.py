@@ -75,6 +75,16 @@ class SACConfig:
     demo_fraction: float = 0.5
     """Share of every update batch drawn from the demonstrations (RLPD's symmetric
     sampling is 0.5); only with ``demo_episodes`` > 0."""
+    bc_weight: float = 0.0
+    """Weight of a behaviour-cloning term in the actor loss on the demonstration rows of
+    every batch (Nair et al. 2018; TD3+BC): the squared error between the actor's mean
+    action and the expert's, times the batch's mean ``|Q|`` so that the weight does not
+    depend on the reward scale (TD3+BC's alpha = 2.5 is 0.4 here). 0 = off; needs
+    ``demo_episodes`` > 0. It makes the actor copy the expert's grip, which the
+    critic alone did not teach the oracle (docs/BENCHMARKS.md)."""
+    bc_q_filter: bool = True
+    """Clone an expert action only where both critics rate it above the actor's own
+    (Nair et al.'s Q-filter), so the actor may still improve on the expert."""
 
     def __post_init__(self) -> None:
         for name in ("lr", "tau", "updates_per_step", "init_alpha"):
@@ -88,6 +98,13 @@ class SACConfig:
             raise ConfigError(f"algo.demo_episodes={self.demo_episodes} must be >= 0")
         if not 0.0 < self.demo_fraction < 1.0:
             raise ConfigError(f"algo.demo_fraction={self.demo_fraction} must be in (0, 1)")
+        if self.bc_weight < 0:
+            raise ConfigError(f"algo.bc_weight={self.bc_weight} must be >= 0")
+        if self.bc_weight > 0 and self.demo_episodes == 0:
+            raise ConfigError(
+                f"algo.bc_weight={self.bc_weight} clones demonstrations, but "
+                "algo.demo_episodes is 0; set algo.demo_episodes (e.g. 1000) or bc_weight=0"
+            )
 
 
 class Replay:
@@ -275,11 +292,15 @@ class SAC:
             self.norm.update(inputs)
         return demos
 
+    def _n_demo(self, n: int) -> int:
+        """How many of a batch of ``n`` come from the demonstrations (the last rows)."""
+        return 0 if self.demos is None else int(round(n * self.config.demo_fraction))
+
     def _batch(self, n: int) -> dict[str, torch.Tensor]:
         """Replay transitions, with ``demo_fraction`` of them from the demonstrations."""
         if self.demos is None:
             return self.replay.sample(n, self.rng)
-        n_demo = int(round(n * self.config.demo_fraction))
+        n_demo = self._n_demo(n)
         online = self.replay.sample(n - n_demo, self.rng)
         demo = self.demos.sample(n_demo, self.rng)
         return {k: torch.cat([online[k], demo[k]]) for k in online}
@@ -338,7 +359,9 @@ class SAC:
     def update(self, n_updates: int) -> dict[str, float]:
         """Gradient steps on critics, actor and temperature."""
         cfg = self.config
-        stats: dict[str, list[float]] = {"q_loss": [], "pi_loss": [], "alpha": []}
+        stats: dict[str, list[float]] = {
+            k: [] for k in ("q_loss", "pi_loss", "alpha", "bc_loss", "bc_kept")
+        }
         for _ in range(n_updates):
             b = self._batch(cfg.batch_size)
             x, nx = self.norm(b["obs"]).float(), self.norm(b["next_obs"]).float()
@@ -356,11 +379,38 @@ class SAC:
             q_loss.backward()
             self.opt_q.step()
             a, logp = self.actor(x, gen=self.gen)
-            pi_loss = actor_and_temperature_step(self, torch.cat([x, a], -1), logp, alpha)
+            bc = None
+            if cfg.bc_weight > 0:
+                n_demo = self._n_demo(cfg.batch_size)
+                bc, kept = self._bc_loss(x[-n_demo:], b["actions"][-n_demo:], a[-n_demo:])
+                stats["bc_loss"].append(bc.item())
+                stats["bc_kept"].append(kept)
+            pi_loss = actor_and_temperature_step(
+                self, torch.cat([x, a], -1), logp, alpha, extra=bc
+            )
             stats["q_loss"].append(q_loss.item())
             stats["pi_loss"].append(pi_loss.item())
             stats["alpha"].append(float(alpha))
         return {k: float(np.mean(v)) for k, v in stats.items() if v}
+
+    def _bc_loss(
+        self, x: torch.Tensor, expert: torch.Tensor, sampled: torch.Tensor
+    ) -> tuple[torch.Tensor, float]:
+        """The behaviour-cloning term (see ``bc_weight``) on demonstration rows ``x``.
+
+        Returns the weighted loss (gradient to the actor only) and the share of rows the
+        Q-filter kept.
+        """
+        mean_action, _ = self.actor(x, deterministic=True)
+        err = ((mean_action - expert) ** 2).sum(-1)
+        with torch.no_grad():
+            q_expert = _min_q(self, torch.cat([x, expert], -1))
+            q_actor = _min_q(self, torch.cat([x, sampled.detach()], -1))
+            keep = (
+                (q_expert > q_actor).float() if self.config.bc_q_filter else torch.ones_like(err)
+            )
+            scale = q_actor.abs().mean()
+        return self.config.bc_weight * scale * (err * keep).mean(), float(keep.mean())
 
     def train_iteration(self, env: Any) -> dict[str, float]:
         if self.config.init_from and self.env_steps == 0:
@@ -416,17 +466,28 @@ class SACOracle(SAC):
     privileged: ClassVar[bool] = True
 
 
+def _min_q(sac: Any, xa: torch.Tensor) -> torch.Tensor:
+    return torch.min(sac.q1(xa), sac.q2(xa)).squeeze(-1)
+
+
 def actor_and_temperature_step(
-    sac: Any, xa: torch.Tensor, logp: torch.Tensor, alpha: torch.Tensor
+    sac: Any,
+    xa: torch.Tensor,
+    logp: torch.Tensor,
+    alpha: torch.Tensor,
+    extra: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """SAC's actor step, temperature step and soft target update; returns the actor loss.
 
     Shared by :class:`SAC` and PEARL. ``sac`` holds ``q1, q2, q1_t, q2_t, log_alpha``,
     ``opt_actor``, ``opt_alpha``, ``spec`` and ``config.tau``; ``xa`` is the critics'
     input for freshly sampled actions (their log-probs ``logp``), with the gradient path
-    to the actor.
+    to the actor. ``extra`` (a scalar loss on the actor, e.g. behaviour cloning) is added
+    to the actor's loss.
     """
-    pi_loss = (alpha * logp - torch.min(sac.q1(xa), sac.q2(xa)).squeeze(-1)).mean()
+    pi_loss = (alpha * logp - _min_q(sac, xa)).mean()
+    if extra is not None:
+        pi_loss = pi_loss + extra
     sac.opt_actor.zero_grad()
     pi_loss.backward()
     sac.opt_actor.step()

@@ -794,3 +794,48 @@ def test_demonstrations_need_a_grasp_family():
     with pytest.raises(UnknownNameError, match="no scripted grasp expert"):
         algo.train_iteration(env)
     env.close()
+
+
+def test_sac_behaviour_cloning_pulls_the_actor_to_the_expert_where_the_q_filter_allows():
+    """``bc_weight``: the actor's mean action moves towards the demonstrations' actions
+    (against the same run without it), and the Q-filter clones only rows where the
+    critics rate the expert's action above the actor's."""
+    overrides = {
+        "run": {"num_envs": 2, "workers": 0},
+        "algo": {"hidden": [32], "warmup_steps": 100, "batch_size": 64, "demo_episodes": 2},
+    }
+    err = {}
+    for weight in (0.0, 1.0):
+        overrides["algo"].update(bc_weight=weight, bc_q_filter=False)
+        resolved = resolve_config("sac-oracle", "grasp-lift", "quick", overrides=overrides)
+        env = make_vector_env("grasp-lift", 2, seed=0, workers=0)
+        algo = build_algorithm(resolved, env_spec(env, "grasp-lift"))
+        algo.train_iteration(env)
+        env.close()
+        metrics = algo.update(300)
+        x = algo.norm(torch.as_tensor(algo.demos.data["obs"]))
+        with torch.no_grad():
+            mean_action, _ = algo.actor(x, deterministic=True)
+        expert = torch.as_tensor(algo.demos.data["actions"])
+        err[weight] = float(((mean_action - expert) ** 2).sum(-1).mean())
+    assert metrics["bc_kept"] == 1.0 and metrics["bc_loss"] > 0
+    assert err[1.0] < 0.5 * err[0.0], err
+
+    algo.config.bc_q_filter = True
+    x, expert = x[:64], expert[:64]
+    sampled, _ = algo.actor(x, gen=algo.gen)
+    loss, kept = algo._bc_loss(x, expert, sampled)
+    from metagrasp.policies.sac import _min_q
+
+    with torch.no_grad():
+        keep = _min_q(algo, torch.cat([x, expert], -1)) > _min_q(algo, torch.cat([x, sampled], -1))
+        mean_action, _ = algo.actor(x, deterministic=True)
+        scale = _min_q(algo, torch.cat([x, sampled], -1)).abs().mean()
+        want = (((mean_action - expert) ** 2).sum(-1) * keep.float()).mean() * scale
+    assert kept == pytest.approx(float(keep.float().mean()))
+    torch.testing.assert_close(loss.detach(), want)
+
+
+def test_behaviour_cloning_needs_demonstrations():
+    with pytest.raises(ConfigError, match="algo.demo_episodes is 0"):
+        resolve_config("sac", "grasp-lift", "quick", overrides={"algo": {"bc_weight": 0.4}})
