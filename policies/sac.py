@@ -385,9 +385,7 @@ class SAC:
                 bc, kept = self._bc_loss(x[-n_demo:], b["actions"][-n_demo:], a[-n_demo:])
                 stats["bc_loss"].append(bc.item())
                 stats["bc_kept"].append(kept)
-            pi_loss = actor_and_temperature_step(
-                self, torch.cat([x, a], -1), logp, alpha, extra=bc
-            )
+            pi_loss = actor_and_temperature_step(self, torch.cat([x, a], -1), logp, alpha, extra=bc)
             stats["q_loss"].append(q_loss.item())
             stats["pi_loss"].append(pi_loss.item())
             stats["alpha"].append(float(alpha))
@@ -406,9 +404,7 @@ class SAC:
         with torch.no_grad():
             q_expert = _min_q(self, torch.cat([x, expert], -1))
             q_actor = _min_q(self, torch.cat([x, sampled.detach()], -1))
-            keep = (
-                (q_expert > q_actor).float() if self.config.bc_q_filter else torch.ones_like(err)
-            )
+            keep = (q_expert > q_actor).float() if self.config.bc_q_filter else torch.ones_like(err)
             scale = q_actor.abs().mean()
         return self.config.bc_weight * scale * (err * keep).mean(), float(keep.mean())
 
