@@ -13,6 +13,12 @@ The difference is the success that adapting the grip to the object can add: what
 task family demands of adaptation, and an upper reference for the oracle line. Fragile
 and robust objects are reported apart, since one grip cannot serve both.
 
+A third rule **adapts** without the hidden parameters, the way few-shot calibration must:
+k = 0..3 episodes on the same object, each grip chosen from the outcomes of the ones
+before (:func:`next_grip`: a bisection on the log of the force, down after a crush, up
+after a drop). Its success at k = 3 against the two others is the gap closure that
+reward-driven adaptation of the grip alone can reach with this motion.
+
     python benchmarks/scripted_grip.py --split test --seeds 0 1 --json out.json
 """
 
@@ -25,10 +31,39 @@ import sys
 import numpy as np
 
 from metagrasp.sim.registry import family_split_tasks, make_env
-from metagrasp.sim.scripted import ScriptedGrasp, privileged_grip, run_episode
+from metagrasp.sim.scripted import (
+    BEST_FIXED_GRIP_N,
+    GRIP_FORCE_MIN,
+    ScriptedGrasp,
+    privileged_grip,
+    run_episode,
+)
+from metagrasp.sim.tasks import GRIP_FORCE_MAX
 
 FIXED_GRIPS_N = (1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 20.0)
 """The grid of single grip levels per pad (N)."""
+ADAPT_K = 3
+"""Calibration episodes of the adaptive rule (success is reported at k = 0..ADAPT_K)."""
+
+
+def next_grip(outcomes: list[tuple[float, bool, bool]]) -> float:
+    """The adaptive rule's grip (N) after ``outcomes`` = [(grip, success, crushed), ...].
+
+    Starts at the best single grip; keeps a grip that lifted the object; otherwise
+    bisects the log of the force between the largest grip that dropped it and the
+    smallest that crushed it (the gripper's 0.5-20 N at first). Uses only what a device
+    can see: whether the object was lifted and whether it was crushed.
+    """
+    lo, hi, grip = GRIP_FORCE_MIN, GRIP_FORCE_MAX, BEST_FIXED_GRIP_N
+    for force, success, crushed in outcomes:
+        if success:
+            return force
+        if crushed:
+            hi = min(hi, force)
+        else:
+            lo = max(lo, force)
+        grip = float(np.sqrt(lo * hi)) if lo < hi else force
+    return grip
 
 
 def measure(split: str, seeds: tuple[int, ...]) -> dict:
@@ -39,14 +74,25 @@ def measure(split: str, seeds: tuple[int, ...]) -> dict:
     rules = {"privileged": None, **{f"fixed {g:g} N": g for g in FIXED_GRIPS_N}}
     success = {name: np.zeros((len(seeds), len(tasks)), bool) for name in rules}
     crushed = {name: np.zeros((len(seeds), len(tasks)), bool) for name in rules}
+    adaptive = np.zeros((ADAPT_K + 1, len(seeds), len(tasks)), bool)
+
+    def episode(task, force: float, seed: int) -> tuple[bool, bool]:
+        policy = ScriptedGrasp(task, grip_force=force, config=env.unwrapped.config)
+        res = run_episode(env, policy, seed=seed, options={"task": task})
+        return res["success"], res["crushed"]
+
     try:
         for si, seed in enumerate(seeds):
             for ti, task in enumerate(tasks):
                 for name, grip in rules.items():
                     force = privileged_grip(task) if grip is None else grip
-                    policy = ScriptedGrasp(task, grip_force=force, config=env.unwrapped.config)
-                    res = run_episode(env, policy, seed=seed, options={"task": task})
-                    success[name][si, ti], crushed[name][si, ti] = res["success"], res["crushed"]
+                    success[name][si, ti], crushed[name][si, ti] = episode(task, force, seed)
+                outcomes: list[tuple[float, bool, bool]] = []
+                for k in range(ADAPT_K + 1):  # episode k follows k calibration episodes
+                    force = next_grip(outcomes)
+                    ok, crush = episode(task, force, 1000 * (seed + 1) + k)
+                    adaptive[k, si, ti] = ok
+                    outcomes.append((force, ok, crush))
     finally:
         env.close()
 
@@ -61,7 +107,17 @@ def measure(split: str, seeds: tuple[int, ...]) -> dict:
 
     table = {name: cells(name) for name in rules}
     best_fixed = max((n for n in rules if n != "privileged"), key=lambda n: table[n]["success"])
+    span = table["privileged"]["success"] - table[best_fixed]["success"]
+    adapt = {
+        "success": [float(a.mean()) for a in adaptive],
+        "success_fragile": [float(a[:, fragile].mean()) for a in adaptive],
+        "success_robust": [float(a[:, ~fragile].mean()) for a in adaptive],
+        "gap_closure_k3": float((adaptive[ADAPT_K].mean() - table[best_fixed]["success"]) / span)
+        if span > 0
+        else float("nan"),
+    }
     return {
+        "adaptive": adapt,
         "split": split,
         "seeds": list(seeds),
         "tasks": len(tasks),
@@ -91,6 +147,14 @@ def main() -> int:
             f"{c['success_robust']:.3f}   {c['crushed_fragile']:.3f}{mark}"
         )
     print(f"privileged - best fixed: {res['gap_points']:+.1f} points")
+    a = res["adaptive"]
+    print(
+        "adaptive (k = 0..3): "
+        + " / ".join(f"{x:.3f}" for x in a["success"])
+        + "; fragile "
+        + " / ".join(f"{x:.3f}" for x in a["success_fragile"])
+        + f"; gap closure at k = 3: {a['gap_closure_k3']:.2f}"
+    )
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(res, fh, indent=1)

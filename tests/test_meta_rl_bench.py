@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 META_RL = REPO / "benchmarks" / "meta_rl.py"
 TINY = ["run.total_env_steps=160", "run.num_envs=4", "run.workers=0", "algo.warmup_steps=40"]
@@ -110,3 +112,27 @@ def test_grip_probe_reports_each_fragile_task_of_a_trained_run(tmp_path):
     assert res["fragile_tasks"] == 30
     assert len(res["g_at_crush"]) == round(res["crushed"] * 30)
     assert all(0.0 <= res[k] <= 1.0 for k in ("crushed", "grasped_intact", "success"))
+
+
+def test_adaptive_scripted_grip_bisects_between_a_drop_and_a_crush():
+    """benchmarks/scripted_grip.py's adaptive rule: keep a grip that lifted, halve the
+    log-interval after a crush or a drop, never leave the gripper's range."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "scripted_grip", REPO / "benchmarks" / "scripted_grip.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.next_grip([]) == mod.BEST_FIXED_GRIP_N
+    assert mod.next_grip([(4.0, True, False)]) == 4.0
+    assert mod.next_grip([(4.0, False, True)]) == pytest.approx((0.5 * 4.0) ** 0.5)
+    assert mod.next_grip([(4.0, False, False)]) == pytest.approx((4.0 * 20.0) ** 0.5)
+    crush_then_drop = mod.next_grip([(4.0, False, True), (2.0, False, False)])
+    assert 2.0 < crush_then_drop < 4.0 and crush_then_drop == pytest.approx(8.0**0.5)
+    grip = 4.0
+    history = []
+    for _ in range(20):  # always crushed: goes down towards 0.5 N, never below
+        history.append((grip, False, True))
+        grip = mod.next_grip(history)
+    assert 0.5 <= grip < 0.6
