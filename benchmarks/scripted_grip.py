@@ -30,6 +30,7 @@ import sys
 
 import numpy as np
 
+from metagrasp.grip_search import next_grip as search_grip
 from metagrasp.sim.registry import family_split_tasks, make_env
 from metagrasp.sim.scripted import (
     BEST_FIXED_GRIP_N,
@@ -47,23 +48,10 @@ ADAPT_K = 3
 
 
 def next_grip(outcomes: list[tuple[float, bool, bool]]) -> float:
-    """The adaptive rule's grip (N) after ``outcomes`` = [(grip, success, crushed), ...].
-
-    Starts at the best single grip; keeps a grip that lifted the object; otherwise
-    bisects the log of the force between the largest grip that dropped it and the
-    smallest that crushed it (the gripper's 0.5-20 N at first). Uses only what a device
-    can see: whether the object was lifted and whether it was crushed.
-    """
-    lo, hi, grip = GRIP_FORCE_MIN, GRIP_FORCE_MAX, BEST_FIXED_GRIP_N
-    for force, success, crushed in outcomes:
-        if success:
-            return force
-        if crushed:
-            hi = min(hi, force)
-        else:
-            lo = max(lo, force)
-        grip = float(np.sqrt(lo * hi)) if lo < hi else force
-    return grip
+    """The adaptive rule's grip (N) after ``outcomes`` = [(grip, success, crushed), ...]:
+    :func:`metagrasp.grip_search.next_grip` from the best single grip, in the gripper's
+    0.5-20 N (``sac-grip`` adapts with the same rule)."""
+    return search_grip(outcomes, BEST_FIXED_GRIP_N, GRIP_FORCE_MIN, GRIP_FORCE_MAX)
 
 
 def measure(split: str, seeds: tuple[int, ...]) -> dict:

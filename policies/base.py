@@ -29,6 +29,7 @@ ALGORITHMS: dict[str, str] = {
     "ppo-oracle": "metagrasp.policies.ppo:PPOOracle",
     "sac": "metagrasp.policies.sac:SAC",
     "sac-oracle": "metagrasp.policies.sac:SACOracle",
+    "sac-grip": "metagrasp.policies.grip_search:GripSearch",
     "cavia": "metagrasp.policies.cavia:CAVIA",
     "pearl": "metagrasp.policies.pearl:PEARL",
     "rl2": "metagrasp.policies.rl2:RL2",
@@ -102,6 +103,16 @@ def algorithm_class(name: str) -> type:
         raise UnknownNameError(f"unknown algorithm {name!r}; available: {sorted(ALGORITHMS)}")
     module, cls = ALGORITHMS[name].split(":")
     return getattr(importlib.import_module(module), cls)
+
+
+def algorithms_for(family: str) -> list[str]:
+    """Names of the algorithms with presets for ``family`` (those that train on it)."""
+    kind = family_kind(family)
+    return sorted(
+        name
+        for name in ALGORITHMS
+        if any(key.startswith(f"{kind}:") for key in getattr(algorithm_class(name), "PRESETS", {}))
+    )
 
 
 def family_kind(family: str) -> str:

@@ -48,6 +48,9 @@ class Episodes:
     """(n,) success flag at the episode's last step."""
     extras: dict[str, np.ndarray] = field(default_factory=dict)
     """Per-step policy outputs, e.g. ``logp`` and ``value``: (n, T, ...)."""
+    crushed: np.ndarray | None = None
+    """(n,) whether the object was crushed during the episode; ``None`` for families
+    without a crush limit (point-nav)."""
 
     @property
     def returns(self) -> np.ndarray:
@@ -76,6 +79,7 @@ class Episodes:
             task=self.task[members],
             success=self.success[members],
             extras={k: v[members] for k, v in self.extras.items()},
+            crushed=None if self.crushed is None else self.crushed[members],
         )
 
 
@@ -109,6 +113,7 @@ def collect_episodes(
     d_buf = np.zeros((n, max_steps), np.float32)
     m_buf = np.zeros((n, max_steps), np.float32)
     success = np.zeros(n, bool)
+    crushed = np.zeros(n, bool) if "crushed" in info else None
     extras: dict[str, np.ndarray] = {}
     alive = np.ones(n, bool)
     for t in range(max_steps):
@@ -138,6 +143,8 @@ def collect_episodes(
             no_buf[ended, t] = final_obs[ended]
             d_buf[ended, t] = np.asarray(term, np.float32)[ended]
             success[ended] = np.asarray(info["final_info"]["success"], bool)[ended]
+            if crushed is not None:
+                crushed[ended] = np.asarray(info["final_info"]["crushed"], bool)[ended]
         if on_step is not None:
             on_step(
                 {
@@ -158,7 +165,11 @@ def collect_episodes(
         # Horizon reached without the env truncating (a horizon shorter than the env's):
         # the last step's success flag stands for the episode.
         success[alive] = np.asarray(info["success"], bool)[alive]
-    return Episodes(o_buf, a_buf, r_buf, no_buf, d_buf, m_buf, task, success, extras)
+        if crushed is not None:
+            crushed[alive] = np.asarray(info["crushed"], bool)[alive]
+    return Episodes(
+        o_buf, a_buf, r_buf, no_buf, d_buf, m_buf, task, success, extras, crushed=crushed
+    )
 
 
 def tile_task(task: np.ndarray, like: np.ndarray) -> np.ndarray:

@@ -200,7 +200,7 @@ class SAC:
 
     def __init__(self, config: SACConfig, spec: EnvSpec, seed: int = 0) -> None:
         self.config, self.spec = config, spec
-        in_dim = spec.obs_dim + (spec.task_dim if self.privileged else 0)
+        in_dim = spec.obs_dim + self._extra_inputs(spec)
         torch.manual_seed(seed)
         self.actor = Actor(in_dim, spec.act_dim, config.hidden)
         self.q1 = mlp((in_dim + spec.act_dim, *config.hidden, 1))
@@ -307,6 +307,10 @@ class SAC:
 
     # --- acting ----------------------------------------------------------------------
 
+    def _extra_inputs(self, spec: EnvSpec) -> int:
+        """Inputs beside the observation: the privileged vector for the oracle."""
+        return spec.task_dim if self.privileged else 0
+
     def _inputs(self, obs: np.ndarray, task: np.ndarray) -> np.ndarray:
         return np.concatenate([obs, task], -1) if self.privileged else obs
 
@@ -341,6 +345,10 @@ class SAC:
     def collect(self, env: Any) -> Episodes:
         """One episode block into the replay buffer (uniform actions during warm-up)."""
         ep = as_sampler(env).sample(Rollout(_behaviour_policy, self), self.spec.max_steps)[0]
+        return self._store(ep)
+
+    def _store(self, ep: Episodes) -> Episodes:
+        """A collected block's valid steps into the replay and the normaliser."""
         valid = ep.mask > 0
         task = np.broadcast_to(ep.task[:, None], (*ep.mask.shape, ep.task.shape[-1]))
         self.replay.add(

@@ -22,7 +22,7 @@ from metagrasp.kinematics import ARM, forward_tcp, top_down_ik, wrist_roll
 from metagrasp.sim import scene
 from metagrasp.sim.grasp_env import OBS_NAMES, TCP_HI, TCP_LO, EnvConfig, auto_pitch
 from metagrasp.sim.objects import half_extents
-from metagrasp.sim.tasks import GRIP_FORCE_MAX, TaskParams
+from metagrasp.sim.tasks import GRIP_FORCE_MAX, TaskParams, grip_window
 
 _I = {n: i for i, n in enumerate(OBS_NAMES)}
 
@@ -186,8 +186,17 @@ def privileged_grip(task: TaskParams) -> float:
     """Squeeze per pad (N) chosen from the hidden parameters: inside the object's window
     (the force that lifts it .. its crush limit) on a log scale, corrected for the hidden
     actuator gain, within the gripper's 0.5-20 N."""
-    want = math.sqrt(task.required_grip_force() * min(task.crush_limit, GRIP_FORCE_MAX))
-    return min(max(want / task.actuator_gain, GRIP_FORCE_MIN), GRIP_FORCE_MAX)
+    return float(_grip_in(task.required_grip_force(), task.crush_limit, task.actuator_gain))
+
+
+def privileged_grips(task_vectors: np.ndarray) -> np.ndarray:
+    """:func:`privileged_grip` of rows of privileged task vectors (what envs report)."""
+    return _grip_in(*grip_window(task_vectors))
+
+
+def _grip_in(required, crush, gain):
+    want = np.sqrt(required * np.minimum(crush, GRIP_FORCE_MAX))
+    return np.clip(want / gain, GRIP_FORCE_MIN, GRIP_FORCE_MAX)
 
 
 def expert_episodes(
@@ -268,6 +277,7 @@ __all__ = [
     "ScriptedGrasp",
     "expert_episodes",
     "privileged_grip",
+    "privileged_grips",
     "record_episode",
     "run_episode",
 ]

@@ -228,6 +228,16 @@ class TaskParams:
         )
 
 
+def grip_window(task_vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(force that lifts the object, crush limit, actuator gain) of rows of
+    :meth:`TaskParams.privileged_vector` (the inverse of its scaling for those entries),
+    for learners that see only the vector an env reports."""
+    v = np.asarray(task_vectors, np.float64)
+    mass, friction = v[..., 0] * 0.25 + 0.25, v[..., 1] * 0.6 + 0.8
+    crush = np.exp(v[..., 5] * 1.5 + math.log(12.0))
+    return LIFT_SAFETY * mass * GRAVITY / (2.0 * friction), crush, v[..., 6] * 0.3 + 1.0
+
+
 PRIVILEGED_NAMES: tuple[str, ...] = (
     "mass",
     "friction",

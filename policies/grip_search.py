@@ -1,0 +1,199 @@
+"""SAC-grip: a grip-conditioned policy whose grip is searched on each new object.
+
+Strategy optimisation (Yu, Liu & Turk 2019, "Policy Transfer with Strategy
+Optimization"): train one policy conditioned on a low-dimensional *strategy* that the
+task parameters determine, and at meta-test search the strategy with a few episodes of
+the new task instead of inferring the hidden parameters. Here the strategy is one
+number, the squeeze per pad, and it is *applied*, not only shown: the network learns the
+motion and when to close; whenever its gripper action asks to squeeze (``g > 0``), the
+squeeze is the commanded one. (Given the command only as an input, SAC with
+demonstrations and behaviour cloning learned to squeeze harder than told and crushed 83-93
+% of the fragile objects: a window of 1.4-2.5x in force is a tenth of the gripper
+action's range, finer than the actor resolves.) The replay keeps the network's own
+action; the mapping is part of the environment it learns, a deterministic function of
+the command in its input.
+
+In training the command is the grip the hidden parameters call for
+(:func:`~metagrasp.sim.scripted.privileged_grip`: inside the object's window between the
+force that lifts it and its crush limit, after the actuator gain). On a new object the
+search starts from the best single grip and, after each episode, moves it with
+:func:`metagrasp.grip_search.next_grip`: down after a crush, up after a drop, kept after a
+lift. Adaptation needs each episode's two outcomes (lifted, crushed), no reward.
+
+``benchmarks/scripted_grip.py`` measures the same search with the scripted motion
+(gap closure 0.88 on ``test``): it is what this line can reach when the policy follows its
+grip command exactly.
+
+Seams: :meth:`collect` (SAC's; the command comes from each member's task vector) ->
+:meth:`adapt` (the grip search on outcomes, meta-test only) -> :meth:`update` (SAC's,
+with scripted demonstrations at the privileged grip and behaviour cloning).
+
+Export: not yet. The bundle would need the search on the device (``adapt/``); the
+exporter refuses this algorithm by name until it has its own ``export_modules``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from metagrasp.actions import grip_action
+from metagrasp.errors import ConfigError
+from metagrasp.grip_search import next_grip
+from metagrasp.policies.base import EnvSpec
+from metagrasp.policies.collect import Episodes
+from metagrasp.policies.sac import SAC, SACConfig
+from metagrasp.policies.sampler import BoundPolicy, Rollout, as_sampler
+from metagrasp.sim.scripted import BEST_FIXED_GRIP_N, GRIP_FORCE_MIN, privileged_grips
+from metagrasp.sim.tasks import GRIP_FORCE_MAX
+
+ACT_WITH = ("search", "fixed", "oracle")
+
+
+@dataclass
+class GripSearchConfig(SACConfig):
+    """SAC's hyper-parameters plus the meta-test search."""
+
+    act_with: str = "search"
+    """Meta-test grip: ``search`` (found from each episode's outcome, the adapting line),
+    ``fixed`` (``start_grip_n`` on every episode: the same network without adaptation) or
+    ``oracle`` (the grip the hidden parameters call for: the same network's reference
+    line, as RMA's ``teacher``)."""
+    start_grip_n: float = BEST_FIXED_GRIP_N
+    """Squeeze per pad (N) of the first episode on a new object: the best single grip."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.act_with not in ACT_WITH:
+            raise ConfigError(f"algo.act_with={self.act_with!r}; allowed: {list(ACT_WITH)}")
+        if not GRIP_FORCE_MIN <= self.start_grip_n <= GRIP_FORCE_MAX:
+            raise ConfigError(
+                f"algo.start_grip_n={self.start_grip_n} is outside the gripper's "
+                f"{GRIP_FORCE_MIN}-{GRIP_FORCE_MAX} N"
+            )
+        if self.init_from:
+            raise ConfigError("algo.init_from is for sac-oracle; remove it for sac-grip")
+
+
+def encode_grip(grip_n: np.ndarray) -> np.ndarray:
+    """Squeeze per pad (N) -> the policy's command input, (n, 1), log-scaled to [-1, 1]
+    over the gripper's range."""
+    mid = np.sqrt(GRIP_FORCE_MIN * GRIP_FORCE_MAX)
+    half = np.log(np.sqrt(GRIP_FORCE_MAX / GRIP_FORCE_MIN))
+    return (np.log(np.asarray(grip_n, np.float64) / mid) / half)[..., None].astype(np.float32)
+
+
+class GripSearch(SAC):
+    """SAC conditioned on a grip command; meta-test adapts the command (see module doc)."""
+
+    name: ClassVar[str] = "sac-grip"
+    Config: ClassVar[type] = GripSearchConfig
+    # Grasp families only: the command is a grip force. Point-nav has no preset, so it
+    # is refused with a clear error when the config is resolved.
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "grasp:quick": {
+            "run": {"total_env_steps": 30_000, "num_envs": 16},
+            "algo": {"demo_episodes": 100, "bc_weight": 0.4},
+        },
+        "grasp:default": {
+            "run": {"total_env_steps": 400_000, "num_envs": 16},
+            "algo": {"demo_episodes": 1000, "bc_weight": 0.4},
+        },
+    }
+    privileged: ClassVar[bool] = True  # demonstrations squeeze at the privileged grip
+
+    def _extra_inputs(self, spec: EnvSpec) -> int:
+        if "gripper" not in spec.action_names:
+            raise ConfigError(f"sac-grip needs a 'gripper' action; {spec.family} has none")
+        self._gripper = spec.action_names.index("gripper")
+        return 1
+
+    def _inputs(self, obs: np.ndarray, task: np.ndarray) -> np.ndarray:
+        """Observation and the command of the privileged grip of each row's task."""
+        return np.concatenate([obs, encode_grip(privileged_grips(task))], -1)
+
+    # --- acting and adapting (meta-test) ---------------------------------------------
+
+    def init_state(self, n: int) -> dict[str, Any] | None:
+        """``None`` acts with the privileged grip (training, ``act_with=oracle``);
+        otherwise the grip to try now and the grips already tried, per member (``fixed``
+        never changes it)."""
+        if self.config.act_with == "oracle":
+            return None
+        return {"grip": np.full(n, self.config.start_grip_n), "tried": []}
+
+    def _grips(self, task: np.ndarray, state: Any) -> np.ndarray:
+        """The squeeze (N) each member is commanded now."""
+        return privileged_grips(task) if state is None else state["grip"]
+
+    @torch.no_grad()
+    def _act_raw(
+        self, obs: np.ndarray, grips: np.ndarray, deterministic: bool = False
+    ) -> np.ndarray:
+        inputs = np.concatenate([obs, encode_grip(grips)], -1)
+        a, _ = self.actor(
+            self.norm(torch.as_tensor(inputs, dtype=torch.float32)), deterministic, self.gen
+        )
+        return a.numpy()
+
+    def apply_grip(self, raw: np.ndarray, grips: np.ndarray) -> np.ndarray:
+        """The env's action: the network's, with every squeeze (gripper ``g > 0``) at the
+        commanded force; opening and position targets (``g <= 0``) pass unchanged."""
+        out = np.array(raw, np.float32, copy=True)
+        g_cmd = np.array([grip_action(f / GRIP_FORCE_MAX) for f in grips], np.float32)
+        squeeze = out[:, self._gripper] > 0
+        out[squeeze, self._gripper] = g_cmd[squeeze]
+        return out
+
+    def act(
+        self, obs: np.ndarray, task: np.ndarray, state: Any, deterministic: bool = False
+    ) -> tuple[np.ndarray, Any]:
+        grips = self._grips(task, state)
+        return self.apply_grip(self._act_raw(obs, grips, deterministic), grips), state
+
+    def collect(self, env: Any) -> Episodes:
+        """SAC's collection, keeping the network's own actions (before the commanded
+        squeeze replaced their gripper value) for the replay."""
+        ep = as_sampler(env).sample(Rollout(_behaviour_policy, self), self.spec.max_steps)[0]
+        ep.actions = ep.extras.pop("raw_action")
+        return self._store(ep)
+
+    def adapt(self, state: Any, episodes: list[Episodes]) -> Any:
+        """The next grip of each member from the outcomes of its episodes so far.
+
+        Raises:
+            ConfigError: the episodes carry no crush flag (a family without crushing).
+        """
+        if state is None or self.config.act_with == "fixed":
+            return state
+        tried = [*state["tried"], state["grip"]]
+        if len(tried) != len(episodes):
+            raise ValueError(f"{len(episodes)} episodes for {len(tried)} grips tried")
+        if any(ep.crushed is None for ep in episodes):
+            raise ConfigError(f"sac-grip adapts on crush outcomes; {self.spec.family} has none")
+        outcomes = [
+            [(t[i], ep.success[i], ep.crushed[i]) for t, ep in zip(tried, episodes, strict=True)]
+            for i in range(len(state["grip"]))
+        ]
+        lo, hi = GRIP_FORCE_MIN, GRIP_FORCE_MAX
+        grip = np.array([next_grip(o, self.config.start_grip_n, lo, hi) for o in outcomes])
+        return {"grip": grip, "tried": tried}
+
+
+def _behaviour_policy(algo: GripSearch, per_member: dict[str, Any], n: int) -> BoundPolicy:
+    """Uniform raw actions during warm-up, then the stochastic actor; the env gets them
+    with the privileged squeeze applied, the replay (``raw_action``) as they were."""
+    warm = algo.env_steps < algo.config.warmup_steps
+
+    def policy(obs: np.ndarray, task: np.ndarray) -> tuple[np.ndarray, dict]:
+        grips = privileged_grips(task)
+        if warm:
+            raw = algo.rng.uniform(-1, 1, (len(obs), algo.spec.act_dim)).astype(np.float32)
+        else:
+            raw = algo._act_raw(obs, grips)
+        return algo.apply_grip(raw, grips), {"raw_action": raw}
+
+    return BoundPolicy(policy)

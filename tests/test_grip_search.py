@@ -1,0 +1,180 @@
+"""sac-grip (policies/grip_search.py): the grip command, the search, the CLI on grasp-lift.
+
+The generic per-algorithm tests run on point-nav, which sac-grip refuses (its command is
+a grip force); its reproducibility, checkpoints and CLI smoke run here on grasp-lift.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from metagrasp.cli import main
+from metagrasp.errors import ConfigError
+from metagrasp.grip_search import next_grip
+from metagrasp.policies.collect import Episodes
+from metagrasp.policies.grip_search import encode_grip
+from metagrasp.policies.runner import (
+    build_algorithm,
+    env_spec,
+    load_checkpoint,
+    resolve_config,
+    save_checkpoint,
+)
+from metagrasp.sim import make_vector_env
+from metagrasp.sim.registry import family_split_tasks
+from metagrasp.sim.scripted import privileged_grip
+
+TINY = {"hidden": [16], "warmup_steps": 100, "batch_size": 8, "demo_episodes": 2}
+
+
+def tiny(seed: int = 0, **algo) -> tuple:
+    """(env, sac-grip, resolved config) on grasp-lift with two members."""
+    overrides = {"run": {"num_envs": 2, "workers": 0, "seed": seed}, "algo": {**TINY, **algo}}
+    resolved = resolve_config("sac-grip", "grasp-lift", "quick", overrides=overrides)
+    env = make_vector_env("grasp-lift", 2, seed=seed, workers=0)
+    return env, build_algorithm(resolved, env_spec(env, "grasp-lift")), resolved
+
+
+def outcomes(success: list[bool], crushed: list[bool] | None) -> Episodes:
+    """An episode block that carries only the outcomes the search reads."""
+    n = len(success)
+    z = np.zeros((n, 1, 1), np.float32)
+    return Episodes(
+        z, z, z[..., 0], z, z[..., 0], z[..., 0] + 1, np.zeros((n, 11), np.float32),
+        np.array(success), crushed=None if crushed is None else np.array(crushed),
+    )  # fmt: skip
+
+
+def test_the_command_is_the_privileged_grip_of_each_task_log_scaled():
+    assert encode_grip(np.array([0.5, math.sqrt(10.0), 20.0]))[:, 0] == pytest.approx([-1, 0, 1])
+    env, algo, _ = tiny()
+    env.close()
+    tasks = family_split_tasks("grasp-lift", "test")
+    vectors = np.stack([t.privileged_vector() for t in tasks])
+    obs = np.zeros((len(tasks), algo.spec.obs_dim), np.float32)
+    inputs = algo._inputs(obs, vectors)
+    assert inputs.shape == (len(tasks), algo.spec.obs_dim + 1)
+    want = encode_grip(np.array([privileged_grip(t) for t in tasks]))[:, 0]
+    np.testing.assert_allclose(inputs[:, -1], want, rtol=1e-5, atol=1e-6)
+
+
+def test_adapt_lowers_after_a_crush_raises_after_a_drop_and_keeps_a_lift():
+    env, algo, _ = tiny()
+    env.close()
+    state = algo.init_state(3)
+    assert state["grip"].tolist() == [4.0, 4.0, 4.0]  # the best single grip first
+    first = outcomes([False, False, True], [True, False, False])
+    state = algo.adapt(state, [first])
+    assert state["grip"] == pytest.approx([math.sqrt(0.5 * 4), math.sqrt(4 * 20), 4.0])
+    second = outcomes([False, True, True], [False, False, False])
+    state = algo.adapt(state, [first, second])
+    # crushed at 4 N then dropped at 1.41 N: between them; lifted at 8.9 N: kept.
+    assert state["grip"] == pytest.approx([math.sqrt(math.sqrt(2.0) * 4), math.sqrt(80), 4.0])
+    assert state["grip"][0] == pytest.approx(
+        next_grip([(4.0, False, True), (math.sqrt(2.0), False, False)], 4.0, 0.5, 20.0)
+    )
+    with pytest.raises(ConfigError, match="crush outcomes"):
+        algo.adapt(algo.init_state(3), [outcomes([False] * 3, None)])
+    with pytest.raises(ValueError, match="2 episodes for 1 grips"):
+        algo.adapt(algo.init_state(3), [first, second])
+
+
+def test_acting_with_a_searched_grip_or_the_oracle_grip():
+    """The state's grip replaces the privileged one; ``act_with=oracle`` keeps no state."""
+    env, algo, _ = tiny()
+    obs, info = env.reset(seed=0)
+    env.close()
+    task = np.asarray(info["task"], np.float32)
+    grips = np.array([privileged_grip_of(v) for v in task])
+    a_oracle, _ = algo.act(obs, task, None, deterministic=True)
+    a_same, _ = algo.act(obs, task, {"grip": grips, "tried": []}, deterministic=True)
+    np.testing.assert_allclose(a_same, a_oracle, atol=1e-6)
+    algo.actor.body[0].weight.data[:, -1] = 5.0  # make the command matter
+    a_low, _ = algo.act(obs, task, {"grip": np.full(2, 0.5), "tried": []}, deterministic=True)
+    a_high, _ = algo.act(obs, task, {"grip": np.full(2, 20.0), "tried": []}, deterministic=True)
+    assert not np.allclose(a_low, a_high)
+    _, oracle, _ = tiny(act_with="oracle")
+    assert oracle.init_state(2) is None
+
+
+def privileged_grip_of(vector: np.ndarray) -> float:
+    from metagrasp.sim.scripted import privileged_grips
+
+    return float(privileged_grips(vector[None])[0])
+
+
+def test_bad_settings_and_other_families_are_refused():
+    with pytest.raises(ConfigError, match="no 'quick' preset for 'point-nav'"):
+        resolve_config("sac-grip", "point-nav", "quick")
+    for bad, match in (
+        ({"act_with": "teacher"}, "act_with"),
+        ({"start_grip_n": 40.0}, "outside the gripper"),
+        ({"init_from": "runs/x"}, "init_from is for sac-oracle"),
+    ):
+        with pytest.raises(ConfigError, match=match):
+            resolve_config("sac-grip", "grasp-lift", "quick", overrides={"algo": bad})
+
+
+def test_seeded_training_reproduces_and_a_checkpoint_resumes_exactly(tmp_path):
+    env_a, a, resolved = tiny(seed=3)
+    env_b, b, _ = tiny(seed=3)
+    m_a, m_b = a.train_iteration(env_a), b.train_iteration(env_b)
+    assert m_a == m_b and m_a["updates"] > 0
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, a, resolved, {"iteration": 1, "env_steps": a.env_steps, "wall_s": 1})
+    env_c, c, _ = tiny(seed=3)  # a resumed run: same config, its own fresh weights
+    env_c.close()
+    with torch.no_grad():
+        c.actor.body[0].weight.add_(1.0)
+    c.load_state_dict(load_checkpoint(path, expected_algo="sac-grip")["state"])
+    for x, y in zip(a.actor.parameters(), c.actor.parameters(), strict=True):
+        assert torch.equal(x, y)
+    # The demonstrations are recorded again on resume (a pure function of the seed), and
+    # the next iteration is the same as the uninterrupted run's.
+    assert c.demos is None
+    m_c, m_b = c.train_iteration(env_a), b.train_iteration(env_b)
+    assert m_c == m_b
+    assert np.array_equal(c.demos.data["actions"], a.demos.data["actions"])
+    env_a.close()
+    env_b.close()
+
+
+def test_cli_trains_evaluates_with_the_search_and_refuses_to_export(tmp_path):
+    run = tmp_path / "run"
+    args = ["train", "--algo", "sac-grip", "--task", "grasp-lift", "--preset", "quick"]
+    args += ["--set", "run.total_env_steps=400", "--set", "run.num_envs=2"]
+    args += ["--set", "run.workers=0", "--set", "algo.demo_episodes=2"]
+    args += ["--set", "algo.warmup_steps=200", "--out", str(run)]
+    assert main(args) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["algo"]["bc_weight"] == 0.4 and config["algo"]["act_with"] == "search"
+    assert main(["eval", str(run), "--split", "test", "--episodes-per-task", "2"]) == 0
+    res = json.loads((run / "eval-test" / "results.json").read_text())
+    assert [r["k"] for r in res["per_k"]] == [0, 1, 2]
+    from metagrasp.export.exporter import export_run
+    from metagrasp.export.writer import ExportError
+
+    with pytest.raises(ExportError, match="needs its own export_modules"):
+        export_run(run, tmp_path / "p.onnx", real_episodes=0)
+
+
+def test_every_squeeze_is_the_commanded_one_and_the_replay_keeps_the_raw_action():
+    """The env gets the network's action with each ``g > 0`` replaced by the command's
+    gripper value; the replay stores what the network chose."""
+    from metagrasp.actions import grip_action
+
+    env, algo, _ = tiny(warmup_steps=10_000)  # uniform raw actions: both signs of g
+    raw = np.array([[0.3, 0, 0, 0, 0, 0.9], [0.3, 0, 0, 0, 0, -0.4]], np.float32)
+    out = algo.apply_grip(raw, np.array([2.0, 2.0]))
+    assert out[0, -1] == pytest.approx(grip_action(2.0 / 20.0)) and out[1, -1] == -0.4
+    np.testing.assert_array_equal(out[:, :-1], raw[:, :-1])
+    algo.train_iteration(env)
+    env.close()
+    g = algo.replay.data["actions"][: algo.replay.size, -1]
+    # Uniform raw g: a spread over (0, 1], not the one command value per episode.
+    assert (g > 0).sum() > 50 and len(np.unique(np.round(g[g > 0], 3))) > 50
