@@ -30,6 +30,7 @@ ALGORITHMS: dict[str, str] = {
     "sac": "metagrasp.policies.sac:SAC",
     "sac-oracle": "metagrasp.policies.sac:SACOracle",
     "sac-grip": "metagrasp.policies.grip_search:GripSearch",
+    "sac-grip-dr": "metagrasp.policies.grip_search:GripSearchDR",
     "cavia": "metagrasp.policies.cavia:CAVIA",
     "pearl": "metagrasp.policies.pearl:PEARL",
     "rl2": "metagrasp.policies.rl2:RL2",

@@ -111,9 +111,13 @@ class GripSearch(SAC):
         self._gripper = spec.action_names.index("gripper")
         return 1
 
+    def _train_grips(self, task: np.ndarray) -> np.ndarray:
+        """The squeeze (N) commanded in training: the privileged grip of each task."""
+        return privileged_grips(task)
+
     def _inputs(self, obs: np.ndarray, task: np.ndarray) -> np.ndarray:
-        """Observation and the command of the privileged grip of each row's task."""
-        return np.concatenate([obs, encode_grip(privileged_grips(task))], -1)
+        """Observation and the training command of each row's task."""
+        return np.concatenate([obs, encode_grip(self._train_grips(task))], -1)
 
     # --- acting and adapting (meta-test) ---------------------------------------------
 
@@ -127,7 +131,7 @@ class GripSearch(SAC):
 
     def _grips(self, task: np.ndarray, state: Any) -> np.ndarray:
         """The squeeze (N) each member is commanded now."""
-        return privileged_grips(task) if state is None else state["grip"]
+        return self._train_grips(task) if state is None else state["grip"]
 
     @torch.no_grad()
     def _act_raw(
@@ -183,13 +187,28 @@ class GripSearch(SAC):
         return {"grip": grip, "tried": tried}
 
 
+class GripSearchDR(GripSearch):
+    """The same network and gripper mapping trained and tested with one squeeze for every
+    object, the best single grip (``start_grip_n``): the domain-randomisation line of
+    sac-grip. Its demonstrations squeeze at that grip too; it never adapts."""
+
+    name: ClassVar[str] = "sac-grip-dr"
+    privileged: ClassVar[bool] = False
+
+    def _train_grips(self, task: np.ndarray) -> np.ndarray:
+        return np.full(np.shape(task)[:-1], self.config.start_grip_n)
+
+    def init_state(self, n: int) -> None:
+        return None
+
+
 def _behaviour_policy(algo: GripSearch, per_member: dict[str, Any], n: int) -> BoundPolicy:
     """Uniform raw actions during warm-up, then the stochastic actor; the env gets them
-    with the privileged squeeze applied, the replay (``raw_action``) as they were."""
+    with the training squeeze applied, the replay (``raw_action``) as they were."""
     warm = algo.env_steps < algo.config.warmup_steps
 
     def policy(obs: np.ndarray, task: np.ndarray) -> tuple[np.ndarray, dict]:
-        grips = privileged_grips(task)
+        grips = algo._train_grips(task)
         if warm:
             raw = algo.rng.uniform(-1, 1, (len(obs), algo.spec.act_dim)).astype(np.float32)
         else:

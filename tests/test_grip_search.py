@@ -178,3 +178,16 @@ def test_every_squeeze_is_the_commanded_one_and_the_replay_keeps_the_raw_action(
     g = algo.replay.data["actions"][: algo.replay.size, -1]
     # Uniform raw g: a spread over (0, 1], not the one command value per episode.
     assert (g > 0).sum() > 50 and len(np.unique(np.round(g[g > 0], 3))) > 50
+
+
+def test_the_dr_line_squeezes_at_the_best_single_grip_in_training_and_at_test():
+    overrides = {"run": {"num_envs": 2, "workers": 0}, "algo": dict(TINY)}
+    resolved = resolve_config("sac-grip-dr", "grasp-lift", "quick", overrides=overrides)
+    env = make_vector_env("grasp-lift", 2, seed=0, workers=0)
+    algo = build_algorithm(resolved, env_spec(env, "grasp-lift"))
+    algo.train_iteration(env)
+    env.close()
+    command = algo.replay.data["obs"][: algo.replay.size, -1]
+    assert np.all(command == encode_grip(np.array([4.0]))[0, 0])
+    assert algo.demos.data["obs"].shape[1] == algo.spec.obs_dim + 1
+    assert algo.init_state(2) is None and algo.adapt(None, []) is None
