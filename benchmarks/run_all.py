@@ -79,6 +79,19 @@ GRASP_LIFT_DEMOS_ARGS = [
     "--train-set", "sac-oracle:algo.demo_episodes=1000,run.total_env_steps=400000",
     "--seeds", "0", "1", "--eval-seeds", "0", "1",
 ]  # fmt: skip
+# sac-grip (strategy optimisation over the grip force) against its own DR line (the same
+# network at the best single grip) and its oracle (the same network given the privileged
+# grip), beside the SAC lines with demonstrations; keep equal to BENCHMARKS.md's
+# "Grip search" command.
+GRASP_LIFT_GRIP_ARGS = [
+    "--task", "grasp-lift", "--preset", "default",
+    "--algos", "sac", "sac-oracle", "sac-grip-dr", "sac-grip", "sac-grip:act_with=fixed",
+    "sac-grip:act_with=oracle",
+    "--dr", "sac-grip-dr", "--oracle", "sac-grip:act_with=oracle",
+    "--train-set", "sac:algo.demo_episodes=1000,run.total_env_steps=400000",
+    "--train-set", "sac-oracle:algo.demo_episodes=1000,run.total_env_steps=400000",
+    "--seeds", "0", "1", "--eval-seeds", "0", "1",
+]  # fmt: skip
 QUICK_TRAIN_SET = {"run.total_env_steps": "1600", "algo.demo_episodes": "2"}
 """What ``--quick`` makes of a line's own training settings (``meta_rl.py --train-set``)."""
 
@@ -282,6 +295,7 @@ def grasp_lift_steps(ctx: Context, sdir: Path) -> list[Step]:
     return [
         _meta_rl_step(ctx, sdir, "grasp-lift", args),
         _meta_rl_step(ctx, sdir, "grasp-lift-demos", list(GRASP_LIFT_DEMOS_ARGS)),
+        _meta_rl_step(ctx, sdir, "grasp-lift-grip", list(GRASP_LIFT_GRIP_ARGS)),
     ]
 
 
