@@ -94,8 +94,8 @@ class GripSearch(SAC):
     # Grasp families only: the command is a grip force. Point-nav has no preset, so it
     # is refused with a clear error when the config is resolved.
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
-        "grasp:quick": {
-            "run": {"total_env_steps": 30_000, "num_envs": 16},
+        "grasp:quick": {  # 3.2 min beside one other training: 0.29 -> 0.38 on test
+            "run": {"total_env_steps": 60_000, "num_envs": 16},
             "algo": {"demo_episodes": 100, "bc_weight": 0.4},
         },
         "grasp:default": {
