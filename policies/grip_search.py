@@ -64,6 +64,10 @@ class GripSearchConfig(SACConfig):
     line, as RMA's ``teacher``)."""
     start_grip_n: float = BEST_FIXED_GRIP_N
     """Squeeze per pad (N) of the first episode on a new object: the best single grip."""
+    command_jitter: float = 0.0
+    """Training only: each member's command is its privileged grip times
+    ``exp(command_jitter * N(0, 1))``, drawn per episode (0 = exact). The search tries
+    grips away from an object's own, and the motion must still work there."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -76,6 +80,8 @@ class GripSearchConfig(SACConfig):
             )
         if self.init_from:
             raise ConfigError("algo.init_from is for sac-oracle; remove it for sac-grip")
+        if self.command_jitter < 0:
+            raise ConfigError(f"algo.command_jitter={self.command_jitter} must be >= 0")
 
 
 def encode_grip(grip_n: np.ndarray) -> np.ndarray:
@@ -116,8 +122,10 @@ class GripSearch(SAC):
         return privileged_grips(task)
 
     def _inputs(self, obs: np.ndarray, task: np.ndarray) -> np.ndarray:
-        """Observation and the training command of each row's task."""
-        return np.concatenate([obs, encode_grip(self._train_grips(task))], -1)
+        """Observation and the training command of each row's task. A one-column
+        ``task`` is the command itself, in N (collected blocks, see :meth:`collect`)."""
+        grips = task[..., 0] if task.shape[-1] == 1 else self._train_grips(task)
+        return np.concatenate([obs, encode_grip(grips)], -1)
 
     # --- acting and adapting (meta-test) ---------------------------------------------
 
@@ -161,9 +169,14 @@ class GripSearch(SAC):
     def collect(self, env: Any) -> Episodes:
         """SAC's collection, keeping the network's own actions (before the commanded
         squeeze replaced their gripper value) for the replay."""
-        ep = as_sampler(env).sample(Rollout(_behaviour_policy, self), self.spec.max_steps)[0]
+        sampler = as_sampler(env)
+        jitter = np.ones(sampler.num_envs)
+        if self.config.command_jitter > 0:  # (no draw otherwise: the same stream as before)
+            jitter = np.exp(self.config.command_jitter * self.rng.normal(size=len(jitter)))
+        rollout = Rollout(_behaviour_policy, self, {"jitter": jitter})
+        ep = sampler.sample(rollout, self.spec.max_steps)[0]
         ep.actions = ep.extras.pop("raw_action")
-        return self._store(ep)
+        return self._store(ep, ep.extras.pop("grip_n")[..., None])
 
     def adapt(self, state: Any, episodes: list[Episodes]) -> Any:
         """The next grip of each member from the outcomes of its episodes so far.
@@ -204,15 +217,17 @@ class GripSearchDR(GripSearch):
 
 def _behaviour_policy(algo: GripSearch, per_member: dict[str, Any], n: int) -> BoundPolicy:
     """Uniform raw actions during warm-up, then the stochastic actor; the env gets them
-    with the training squeeze applied, the replay (``raw_action``) as they were."""
+    with the training squeeze applied, the replay (``raw_action``) as they were, and
+    with the command of each step (``grip_n``, after ``command_jitter``)."""
     warm = algo.env_steps < algo.config.warmup_steps
+    jitter = np.asarray(per_member["jitter"])
 
     def policy(obs: np.ndarray, task: np.ndarray) -> tuple[np.ndarray, dict]:
-        grips = algo._train_grips(task)
+        grips = np.clip(algo._train_grips(task) * jitter, GRIP_FORCE_MIN, GRIP_FORCE_MAX)
         if warm:
             raw = algo.rng.uniform(-1, 1, (len(obs), algo.spec.act_dim)).astype(np.float32)
         else:
             raw = algo._act_raw(obs, grips)
-        return algo.apply_grip(raw, grips), {"raw_action": raw}
+        return algo.apply_grip(raw, grips), {"raw_action": raw, "grip_n": grips}
 
     return BoundPolicy(policy)

@@ -347,10 +347,13 @@ class SAC:
         ep = as_sampler(env).sample(Rollout(_behaviour_policy, self), self.spec.max_steps)[0]
         return self._store(ep)
 
-    def _store(self, ep: Episodes) -> Episodes:
-        """A collected block's valid steps into the replay and the normaliser."""
+    def _store(self, ep: Episodes, task: np.ndarray | None = None) -> Episodes:
+        """A collected block's valid steps into the replay and the normaliser; ``task``
+        (members, T, k) is what :meth:`_inputs` reads beside each step (default: each
+        member's task vector at every step)."""
         valid = ep.mask > 0
-        task = np.broadcast_to(ep.task[:, None], (*ep.mask.shape, ep.task.shape[-1]))
+        if task is None:
+            task = np.broadcast_to(ep.task[:, None], (*ep.mask.shape, ep.task.shape[-1]))
         self.replay.add(
             {
                 "obs": self._inputs(ep.obs, task)[valid],

@@ -191,3 +191,22 @@ def test_the_dr_line_squeezes_at_the_best_single_grip_in_training_and_at_test():
     assert np.all(command == encode_grip(np.array([4.0]))[0, 0])
     assert algo.demos.data["obs"].shape[1] == algo.spec.obs_dim + 1
     assert algo.init_state(2) is None and algo.adapt(None, []) is None
+
+
+def test_command_jitter_moves_each_episodes_command_off_the_privileged_grip():
+    """``command_jitter``: one command per member and episode, stored with the steps."""
+    from metagrasp.sim.scripted import privileged_grips
+
+    commands = {}
+    for jitter in (0.0, 0.5):
+        env, algo, _ = tiny(command_jitter=jitter, warmup_steps=10_000)
+        ep = algo.collect(env)
+        env.close()
+        valid = ep.mask > 0
+        command = algo.replay.data["obs"][: algo.replay.size, -1]
+        want = encode_grip(privileged_grips(ep.task))[:, 0]
+        per_member = np.split(command, np.cumsum(valid.sum(1))[:-1])
+        assert all(np.all(c == c[0]) for c in per_member)  # constant within an episode
+        commands[jitter] = np.array([c[0] for c in per_member]) - want
+    np.testing.assert_allclose(commands[0.0], 0.0, atol=1e-6)
+    assert np.all(np.abs(commands[0.5]) > 1e-3)
