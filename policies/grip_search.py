@@ -112,6 +112,8 @@ class GripSearch(SAC):
     privileged: ClassVar[bool] = True  # demonstrations squeeze at the privileged grip
 
     def _extra_inputs(self, spec: EnvSpec) -> int:
+        # SAC.__init__ asks this before building the networks: the place to check, once,
+        # that the family has a gripper action, and to remember which one it is.
         if "gripper" not in spec.action_names:
             raise ConfigError(f"sac-grip needs a 'gripper' action; {spec.family} has none")
         self._gripper = spec.action_names.index("gripper")

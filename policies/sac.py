@@ -8,8 +8,9 @@ the oracle sees the privileged task vector.
 Seams: :meth:`SAC.collect` (episode blocks into the replay buffer) -> no adaptation ->
 :meth:`SAC.update` (``updates_per_step`` gradient steps per collected env step). Two
 optional starts, both applied at the first training iteration: scripted demonstrations
-in a buffer of their own that fills part of every batch (``demo_episodes``), and, for the
-oracle, the weights of a trained DR run (``init_from``).
+in a buffer of their own that fills part of every batch (``demo_episodes``, optionally
+cloned by the actor: ``bc_weight``), and, for the oracle, the weights of a trained DR run
+(``init_from``). ``sac-grip`` (:mod:`metagrasp.policies.grip_search`) builds on this file.
 """
 
 from __future__ import annotations
