@@ -10,8 +10,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-Outcome = tuple[float, bool, bool]
-"""``(grip force in N, lifted, crushed)`` of one finished episode."""
+Outcome = tuple[float, bool, bool] | tuple[float, bool, bool, bool]
+"""``(grip force in N, lifted, crushed[, gripped])`` of one finished episode; ``gripped``
+(both pads squeezed the object at some point) is optional."""
 
 
 def next_grip(outcomes: Sequence[Outcome], start: float, lo: float, hi: float) -> float:
@@ -19,7 +20,9 @@ def next_grip(outcomes: Sequence[Outcome], start: float, lo: float, hi: float) -
 
     Starts at ``start``; keeps a grip that lifted the object; otherwise bisects the log
     of the force between the largest grip that dropped it and the smallest that crushed
-    it, inside the gripper's range ``[lo, hi]``.
+    it, inside the gripper's range ``[lo, hi]``. An episode whose outcome says the pads
+    never squeezed the object (a miss, not a drop) says nothing about the force: its grip
+    is tried again.
 
     Raises:
         ValueError: the range is empty or ``start`` lies outside it.
@@ -27,9 +30,11 @@ def next_grip(outcomes: Sequence[Outcome], start: float, lo: float, hi: float) -
     if not 0 < lo < hi or not lo <= start <= hi:
         raise ValueError(f"grip search needs 0 < lo <= start <= hi, got {lo}, {start}, {hi}")
     grip = start
-    for force, lifted, crushed in outcomes:
+    for force, lifted, crushed, *gripped in outcomes:
         if lifted:
             return float(force)
+        if gripped and not gripped[0] and not crushed:
+            continue  # a miss: the same grip again
         if crushed:
             hi = min(hi, force)
         else:

@@ -51,6 +51,9 @@ class Episodes:
     crushed: np.ndarray | None = None
     """(n,) whether the object was crushed during the episode; ``None`` for families
     without a crush limit (point-nav)."""
+    gripped: np.ndarray | None = None
+    """(n,) whether both pads ever squeezed the object (the env's ``grip_force`` > 0, a
+    servo's load on a robot); ``None`` for families without a gripper."""
 
     @property
     def returns(self) -> np.ndarray:
@@ -80,6 +83,7 @@ class Episodes:
             success=self.success[members],
             extras={k: v[members] for k, v in self.extras.items()},
             crushed=None if self.crushed is None else self.crushed[members],
+            gripped=None if self.gripped is None else self.gripped[members],
         )
 
 
@@ -114,6 +118,7 @@ def collect_episodes(
     m_buf = np.zeros((n, max_steps), np.float32)
     success = np.zeros(n, bool)
     crushed = np.zeros(n, bool) if "crushed" in info else None
+    gripped = np.zeros(n, bool) if "grip_force" in info else None
     extras: dict[str, np.ndarray] = {}
     alive = np.ones(n, bool)
     for t in range(max_steps):
@@ -138,6 +143,12 @@ def collect_episodes(
         r_buf[:, t] = rew * alive
         ended = (np.asarray(term) | np.asarray(trunc)) & alive
         no_buf[:, t] = nxt
+        if gripped is not None:
+            # Ended members' info is already the next episode's: read their final info.
+            force = np.asarray(info["grip_force"], np.float64).copy()
+            if ended.any():
+                force[ended] = np.asarray(info["final_info"]["grip_force"], np.float64)[ended]
+            gripped |= (force > 0) & alive
         if ended.any():
             final_obs = info["final_obs"]
             no_buf[ended, t] = final_obs[ended]
@@ -168,7 +179,7 @@ def collect_episodes(
         if crushed is not None:
             crushed[alive] = np.asarray(info["crushed"], bool)[alive]
     return Episodes(
-        o_buf, a_buf, r_buf, no_buf, d_buf, m_buf, task, success, extras, crushed=crushed
+        o_buf, a_buf, r_buf, no_buf, d_buf, m_buf, task, success, extras, crushed, gripped
     )
 
 

@@ -64,6 +64,9 @@ class GripSearchConfig(SACConfig):
     line, as RMA's ``teacher``)."""
     start_grip_n: float = BEST_FIXED_GRIP_N
     """Squeeze per pad (N) of the first episode on a new object: the best single grip."""
+    retry_misses: bool = False
+    """Meta-test: an episode in which the pads never squeezed the object (a miss) leaves
+    the grip as it was, instead of counting as a drop (more force next time)."""
     command_jitter: float = 0.0
     """Training only: each member's command is its privileged grip times
     ``exp(command_jitter * N(0, 1))``, drawn per episode (0 = exact). The search tries
@@ -193,8 +196,14 @@ class GripSearch(SAC):
             raise ValueError(f"{len(episodes)} episodes for {len(tried)} grips tried")
         if any(ep.crushed is None for ep in episodes):
             raise ConfigError(f"sac-grip adapts on crush outcomes; {self.spec.family} has none")
+        if self.config.retry_misses and any(ep.gripped is None for ep in episodes):
+            raise ConfigError(f"algo.retry_misses needs grip outcomes; {self.spec.family} has none")
         outcomes = [
-            [(t[i], ep.success[i], ep.crushed[i]) for t, ep in zip(tried, episodes, strict=True)]
+            [
+                (t[i], ep.success[i], ep.crushed[i])
+                + ((ep.gripped[i],) if self.config.retry_misses else ())
+                for t, ep in zip(tried, episodes, strict=True)
+            ]
             for i in range(len(state["grip"]))
         ]
         lo, hi = GRIP_FORCE_MIN, GRIP_FORCE_MAX

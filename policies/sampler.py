@@ -132,8 +132,11 @@ def concat_episodes(parts: Sequence[Episodes]) -> Episodes:
 
     names = ("obs", "actions", "rewards", "next_obs", "dones", "mask", "task", "success")
     extras = {k: np.concatenate([p.extras[k] for p in parts], axis=0) for k in parts[0].extras}
-    crushed = None if any(p.crushed is None for p in parts) else cat("crushed")
-    return Episodes(*(cat(n) for n in names), extras=extras, crushed=crushed)
+    flags = {
+        k: None if any(getattr(p, k) is None for p in parts) else cat(k)
+        for k in ("crushed", "gripped")
+    }
+    return Episodes(*(cat(n) for n in names), extras=extras, **flags)
 
 
 def run_blocks(env: Any, bound: BoundPolicy, max_steps: int, episodes: int) -> list[Episodes]:

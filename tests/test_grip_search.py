@@ -40,13 +40,16 @@ def tiny(seed: int = 0, **algo) -> tuple:
     return env, build_algorithm(resolved, env_spec(env, "grasp-lift")), resolved
 
 
-def outcomes(success: list[bool], crushed: list[bool] | None) -> Episodes:
+def outcomes(
+    success: list[bool], crushed: list[bool] | None, gripped: list[bool] | None = None
+) -> Episodes:
     """An episode block that carries only the outcomes the search reads."""
     n = len(success)
     z = np.zeros((n, 1, 1), np.float32)
     return Episodes(
         z, z, z[..., 0], z, z[..., 0], z[..., 0] + 1, np.zeros((n, 11), np.float32),
         np.array(success), crushed=None if crushed is None else np.array(crushed),
+        gripped=np.ones(n, bool) if gripped is None else np.array(gripped),
     )  # fmt: skip
 
 
@@ -82,6 +85,19 @@ def test_adapt_lowers_after_a_crush_raises_after_a_drop_and_keeps_a_lift():
         algo.adapt(algo.init_state(3), [outcomes([False] * 3, None)])
     with pytest.raises(ValueError, match="2 episodes for 1 grips"):
         algo.adapt(algo.init_state(3), [first, second])
+
+
+def test_retry_misses_keeps_the_grip_after_an_episode_that_never_squeezed():
+    assert next_grip([(4.0, False, False, False)], 4.0, 0.5, 20.0) == 4.0  # a miss
+    assert next_grip([(4.0, False, False, True)], 4.0, 0.5, 20.0) == pytest.approx(80**0.5)
+    assert next_grip([(4.0, False, True, False)], 4.0, 0.5, 20.0) == pytest.approx(2**0.5)
+    missed_then_dropped = [(4.0, False, False, False), (4.0, False, False, True)]
+    assert next_grip(missed_then_dropped, 4.0, 0.5, 20.0) == pytest.approx(80**0.5)
+    for retry, want in ((False, math.sqrt(80.0)), (True, 4.0)):
+        env, algo, _ = tiny(retry_misses=retry)
+        env.close()
+        state = algo.adapt(algo.init_state(1), [outcomes([False], [False], [False])])
+        assert state["grip"] == pytest.approx([want])
 
 
 def test_acting_with_a_searched_grip_or_the_oracle_grip():
@@ -210,3 +226,23 @@ def test_command_jitter_moves_each_episodes_command_off_the_privileged_grip():
         commands[jitter] = np.array([c[0] for c in per_member]) - want
     np.testing.assert_allclose(commands[0.0], 0.0, atol=1e-6)
     assert np.all(np.abs(commands[0.5]) > 1e-3)
+
+
+def test_episodes_say_whether_the_pads_ever_squeezed_the_object():
+    """``Episodes.gripped``: true for the scripted grasp, false for a gripper left open."""
+    from metagrasp.policies.collect import collect_episodes
+    from metagrasp.sim.scripted import ScriptedGrasp
+
+    env = make_vector_env("grasp-lift", 2, seed=0, workers=0)
+    experts = []
+
+    def scripted(obs, task):
+        if not experts:  # built after collect_episodes' reset drew the tasks
+            experts.extend(ScriptedGrasp(t, config=env.config) for t in env.current_tasks())
+        return np.stack([e(o) for e, o in zip(experts, obs, strict=True)]), {}
+
+    grasped = collect_episodes(env, scripted, 100)
+    opened = collect_episodes(env, lambda o, t: (np.tile([0, 0, 0, 0, 0, -1.0], (2, 1)), {}), 100)
+    env.close()
+    assert grasped.gripped.tolist() == [True, True] and not opened.gripped.any()
+    assert grasped.select(np.array([1])).gripped.tolist() == [True]
