@@ -42,7 +42,11 @@ def virtual_robot():
 
 
 def _loop(steps=10):
-    return LoopConfig(rate_hz=RATE, episode_steps=steps, park_s=0.2, settle_s=0.1)
+    # Watchdog at 0.3 s, not the 0.1 s default: these tests check the protocol and the
+    # session, and a shared 2-core CI machine stalls a process for over 100 ms now and
+    # then (it tripped once in CI, 2026-12-01). The stall test below sleeps 0.4 s, still
+    # past it; the default is checked in test_the_loop_watchdog_defaults_to_five_periods.
+    return LoopConfig(rate_hz=RATE, episode_steps=steps, park_s=0.2, settle_s=0.1, watchdog_s=0.3)
 
 
 def _deploy(vr, tmp_path, policy=None, episodes=1, steps=10, robot=None, **kw):
@@ -219,6 +223,12 @@ class _Nan(SweepPolicy):
         if self.t == 4:
             a[2] = np.nan
         return a
+
+
+def test_the_loop_watchdog_defaults_to_five_periods_and_at_least_100_ms():
+    assert LoopConfig(rate_hz=50).watchdog_s == pytest.approx(0.1)
+    assert LoopConfig(rate_hz=20).watchdog_s == pytest.approx(0.25)
+    assert LoopConfig(rate_hz=200).watchdog_s == pytest.approx(0.1)
 
 
 def test_the_deadline_watchdog_trips_on_a_stalled_loop(virtual_robot, tmp_path):
