@@ -71,6 +71,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="TARGET=SOURCE",
         help="train TARGET from the finished SOURCE run of the same seed (algo.init_from)",
     )
+    p.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="meta-test every line with mean actions (default: sampled, as the protocol)",
+    )
     p.add_argument("--workers", type=int, default=None, help="env worker processes")
     p.add_argument("--out", default="benchmarks/results", help="output folder")
     return p.parse_args(argv)
@@ -125,6 +130,7 @@ def evaluate(run: Path, split: str, args: argparse.Namespace, line: str = "") ->
 
     _, settings = split_line(line)
     suffix = "".join(f"-{k}={v}" for k, v in sorted(settings.items()))
+    suffix += "-deterministic" if args.deterministic else ""
     cache = run / f"eval-{split}{suffix}" / "results.json"
     if cache.exists():
         cached = json.loads(cache.read_text())
@@ -134,7 +140,13 @@ def evaluate(run: Path, split: str, args: argparse.Namespace, line: str = "") ->
             return cached
     algo, resolved, spec = load_trained(run, None, settings)
     raw = meta_test(
-        algo, spec, split, args.episodes_per_task, tuple(args.eval_seeds), workers=args.workers
+        algo,
+        spec,
+        split,
+        args.episodes_per_task,
+        tuple(args.eval_seeds),
+        workers=args.workers,
+        deterministic=args.deterministic,
     )
     summary = summarise(raw)
     summary["algo"], summary["run"] = line or resolved["run"]["algo"], str(run)

@@ -45,6 +45,18 @@ def test_warm_started_oracle_with_its_own_settings_trains_from_the_dr_run(tmp_pa
     assert table["sac-oracle"]["runs"] == [str(oracle_run)]  # the report's training curves
     assert table["sac-oracle"]["train_wall_s"] > table["sac"]["train_wall_s"]
 
+    # --deterministic: the same runs meta-tested with mean actions, cached apart.
+    res = _meta_rl(
+        "--task", "point-nav", "--preset", "quick",
+        "--algos", "sac", "--dr", "sac", "--oracle", "sac", "--deterministic",
+        "--splits", "test", "--episodes-per-task", "1", "--workers", "0",
+        *sets, "--out", str(tmp_path),
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout + res.stderr
+    mean = json.loads((dr_run / "eval-test-deterministic" / "results.json").read_text())
+    sampled = json.loads((dr_run / "eval-test" / "results.json").read_text())
+    assert mean["deterministic"] is True and sampled["deterministic"] is False
+
 
 def test_warm_start_and_train_set_name_trained_algorithms(tmp_path):
     base = ["--task", "point-nav", "--algos", "sac", "--dr", "sac", "--oracle", "sac"]
