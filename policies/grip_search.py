@@ -95,6 +95,11 @@ def encode_grip(grip_n: np.ndarray) -> np.ndarray:
     return (np.log(np.asarray(grip_n, np.float64) / mid) / half)[..., None].astype(np.float32)
 
 
+def _with_command(obs: np.ndarray, grips: np.ndarray) -> np.ndarray:
+    """The network's input: the observation and the encoded grip command."""
+    return np.concatenate([obs, encode_grip(grips)], -1)
+
+
 class GripSearch(SAC):
     """SAC conditioned on a grip command; meta-test adapts the command (see module doc)."""
 
@@ -130,7 +135,7 @@ class GripSearch(SAC):
         """Observation and the training command of each row's task. A one-column
         ``task`` is the command itself, in N (collected blocks, see :meth:`collect`)."""
         grips = task[..., 0] if task.shape[-1] == 1 else self._train_grips(task)
-        return np.concatenate([obs, encode_grip(grips)], -1)
+        return _with_command(obs, grips)
 
     # --- acting and adapting (meta-test) ---------------------------------------------
 
@@ -150,10 +155,8 @@ class GripSearch(SAC):
     def _act_raw(
         self, obs: np.ndarray, grips: np.ndarray, deterministic: bool = False
     ) -> np.ndarray:
-        inputs = np.concatenate([obs, encode_grip(grips)], -1)
-        a, _ = self.actor(
-            self.norm(torch.as_tensor(inputs, dtype=torch.float32)), deterministic, self.gen
-        )
+        x = self.norm(torch.as_tensor(_with_command(obs, grips), dtype=torch.float32))
+        a, _ = self.actor(x, deterministic, self.gen)
         return a.numpy()
 
     def apply_grip(self, raw: np.ndarray, grips: np.ndarray) -> np.ndarray:

@@ -204,7 +204,7 @@ class TaskParams:
 
     def required_grip_force(self) -> float:
         """Pad force (N) needed to lift the object without slipping (with safety margin)."""
-        return LIFT_SAFETY * self.mass * GRAVITY / (2.0 * self.friction)
+        return required_grip_force(self.mass, self.friction)
 
     def privileged_vector(self) -> np.ndarray:
         """The hidden parameters, roughly normalised to [-1, 1], for oracles and analysis.
@@ -228,6 +228,12 @@ class TaskParams:
         )
 
 
+def required_grip_force(mass, friction):
+    """Pad force (N) that lifts ``mass`` (kg) at ``friction`` without slipping, with the
+    safety margin (scalars or arrays)."""
+    return LIFT_SAFETY * mass * GRAVITY / (2.0 * friction)
+
+
 def grip_window(task_vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(force that lifts the object, crush limit, actuator gain) of rows of
     :meth:`TaskParams.privileged_vector` (the inverse of its scaling for those entries),
@@ -235,7 +241,7 @@ def grip_window(task_vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nd
     v = np.asarray(task_vectors, np.float64)
     mass, friction = v[..., 0] * 0.25 + 0.25, v[..., 1] * 0.6 + 0.8
     crush = np.exp(v[..., 5] * 1.5 + math.log(12.0))
-    return LIFT_SAFETY * mass * GRAVITY / (2.0 * friction), crush, v[..., 6] * 0.3 + 1.0
+    return required_grip_force(mass, friction), crush, v[..., 6] * 0.3 + 1.0
 
 
 PRIVILEGED_NAMES: tuple[str, ...] = (
@@ -355,7 +361,7 @@ def _draw(
                     friction = float(rng.uniform(*HARD_FRICTION))
                 else:
                     crush_ratio = float(rng.uniform(*HARD_CRUSH))
-        need = LIFT_SAFETY * mass * GRAVITY / (2.0 * friction)
+        need = required_grip_force(mass, friction)
         crush = max(need * crush_ratio, FRAGILE_MIN_CRUSH) if crush_ratio else ROBUST_CRUSH
         if hard and crush_ratio and crush > need * HARD_CRUSH[1]:
             continue  # floored: not extra-fragile after all
