@@ -371,7 +371,15 @@ def calibrate(
         )
         + (" (reward-free adaptation)" if bundle.reward_free and bundle.adapts else "")
     )
-    if config.reward.max_grip_n is None:
+    needs_crush = "crushed" in bundle.adaptation.get("episode_fields", ())
+    if needs_crush and not config.ask and config.reward.max_grip_n is None:
+        raise ConfigError(
+            f"the {meta.get('algorithm')} bundle searches the grip from whether each "
+            "episode crushed the object, which the device cannot see: pass --ask (the "
+            "operator answers after each episode) or --max-grip N (the force per pad the "
+            "object tolerates)"
+        )
+    if config.reward.max_grip_n is None and not needs_crush:
         # Blind to crushing, the device pays a crushed object's grasp like any other.
         log(
             "  no --max-grip: the device cannot see if the object is crushed; "
@@ -408,6 +416,8 @@ def calibrate(
         }
         if "operator" in label:
             row["device"]["success"] = bool(label["operator"])
+        if "operator_crushed" in label:
+            row["device"]["crushed"] = bool(label["operator_crushed"])
         return row | {"_outcome": out, "_data": d}
 
     def adapt_now(history: list[dict[str, np.ndarray]], current: Any) -> Any:
@@ -417,7 +427,7 @@ def calibrate(
         return new
 
     def as_batch(row: dict[str, Any]) -> dict[str, np.ndarray]:
-        d, out = row["_data"], row["_outcome"]
+        d, out, dev = row["_data"], row["_outcome"], row["device"]
         return {
             "obs": d["obs"],
             "actions": d["action"],
@@ -425,6 +435,11 @@ def calibrate(
             "next_obs": d["next_obs"],
             "dones": out.dones,
             "mask": out.mask,
+            # The grip search's outcome flags: a crushed object never counts as lifted
+            # (an operator may call a crushed lift a success; the sim does not).
+            "lifted": bool(dev["success"]) and not dev["crushed"],
+            "crushed": bool(dev["crushed"]),
+            "gripped": dev["grip_peak_n"] > 0,
         }
 
     def run_one(session: Any, phase: str, k: int, index: int) -> dict[str, Any]:
@@ -439,7 +454,11 @@ def calibrate(
         if config.ask:
             # Asked before the label is stored: an episode whose answer never got stored
             # (interrupted at the prompt) is run again on resume.
-            label["operator"] = session.hold_during(lambda: _ask_success(ask, phase, k))
+            q = f"{phase} episode (k={k}): did the grasp succeed?"
+            label["operator"] = session.hold_during(lambda: _ask_yes_no(ask, q))
+            if needs_crush:
+                q = f"{phase} episode (k={k}): was the object crushed or damaged?"
+                label["operator_crushed"] = session.hold_during(lambda: _ask_yes_no(ask, q))
         if "file" in result.meta:
             _append_label(rec, label)
         labels[label["file"]] = label
@@ -447,7 +466,8 @@ def calibrate(
             session.hold_during(lambda: ask("Put the object back, then press Enter: "), park=True)
         row = judged(ep, phase, k)
         d = row["device"]
-        extra = f", sim success {int(sim['success'])}" if sim else ""
+        extra = ", crushed" if d["crushed"] else ""
+        extra += f", sim success {int(sim['success'])}" if sim else ""
         log(
             f"  {phase} k={k}: success {int(d['success'])}, return {d['return']:.1f}, "
             f"grip peak {d['grip_peak_n']:.1f} N{extra}"
@@ -532,7 +552,10 @@ def calibrate(
         for row in cal.episodes:
             row["sha256"] = file_sha256(row["file"])
         save_calibration(cal, config.out)
-        log(f"calibration saved: {config.out} (adaptation {timing['wall'] * 1e3:.0f} ms)")
+        grip = ""
+        if state and "grip" in state:  # the grip search's result (sac-grip bundles)
+            grip = f", grip {float(state['grip'].flat[0]):.2f} N per pad"
+        log(f"calibration saved: {config.out} (adaptation {timing['wall'] * 1e3:.0f} ms{grip})")
         play(session, "after", wanted["after"], eval_explore, index)
     summary = {
         "before": summarise_phase([e for e in episodes if e["phase"] == "before"]),
@@ -576,9 +599,9 @@ def _between(session: Any | None, fn: Callable[[], Any]) -> Any:
     return fn() if session is None else session.hold_during(fn)
 
 
-def _ask_success(ask: Callable[[str], str], phase: str, k: int) -> bool:
+def _ask_yes_no(ask: Callable[[str], str], question: str) -> bool:
     while True:
-        answer = ask(f"{phase} episode (k={k}): did the grasp succeed? [y/n] ").strip().lower()
+        answer = ask(f"{question} [y/n] ").strip().lower()
         if answer in ("y", "yes", "1"):
             return True
         if answer in ("n", "no", "0"):

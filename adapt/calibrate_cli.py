@@ -40,8 +40,9 @@ def add_calibrate_parser(sub: Any, handler: Any) -> None:
     p.add_argument(
         "--ask",
         action="store_true",
-        help="ask the operator after each episode whether it succeeded (and to reset the "
-        "object); the answer replaces the device's judgement",
+        help="ask the operator after each episode whether it succeeded (and, for a "
+        "grip-search bundle, whether the object was crushed), and to reset the object; "
+        "the answers replace the device's judgement",
     )
     p.add_argument(
         "--deterministic",

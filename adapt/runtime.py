@@ -38,6 +38,10 @@ API (the contract other device code is written against)::
   (1 where the episode terminated) and optionally ``mask (T,)``; ``T`` at most the
   bundle's episode length. Which fields are required is ``metadata["adaptation"]
   ["episode_fields"]``. Non-adapting bundles return the state unchanged.
+* ``grip_search`` bundles (sac-grip) have no adapt graph: ``adapt`` runs the grip search
+  in numpy on each episode's outcome flags ``lifted`` and ``crushed`` (True/False per
+  member; see ``metadata["adaptation"]``), and sets the state's ``grip`` (N per pad),
+  which the policy graph applies to every squeeze. No rewards, no observations.
 * ``observe(state, reward, done)`` writes the last step's reward and done flag into
   state entries named ``prev_reward`` / ``prev_done`` when the bundle has them (RL²);
   otherwise it returns the state unchanged. Call it after every step; it costs nothing.
@@ -83,6 +87,7 @@ from metagrasp.adapt.integrity import (
     sha256_file,
 )
 from metagrasp.errors import MetagraspError
+from metagrasp.grip_search import next_grip
 
 FORMAT_VERSION = 1
 """Bundle format this loader reads (``metagrasp.format_version`` in the policy file)."""
@@ -229,8 +234,8 @@ class PolicyBundle:
 
     @property
     def adapts(self) -> bool:
-        """Whether :meth:`adapt` changes anything (the bundle has an adapt graph)."""
-        return "adapt" in self.graphs
+        """Whether :meth:`adapt` changes anything (an adapt graph, or the grip search)."""
+        return "adapt" in self.graphs or self.adaptation.get("kind") == "grip_search"
 
     def init_state(self, n: int = 1) -> State:
         """The unadapted state for ``n`` members (a fresh task)."""
@@ -369,10 +374,12 @@ class PolicyBundle:
         Raises:
             BundleInputError: no episodes, a missing field, wrong shapes, NaN, too long.
         """
-        if "adapt" not in self.graphs:
+        if not self.adapts:
             return state
         if not episodes:
             raise BundleInputError("adapt() needs at least one finished episode")
+        if "adapt" not in self.graphs:
+            return self._grip_search(state, episodes)
         g = self.graphs["adapt"]
         eps = [self._episode(ep, i) for i, ep in enumerate(episodes)]
         members = eps[0]["obs"].shape[0]
@@ -399,6 +406,44 @@ class PolicyBundle:
             if not np.isfinite(v).all():
                 raise ActionError(f"adaptation produced non-finite {name!r}; state kept")
             new[name.removeprefix("next.")] = v
+        return new
+
+    def _grip_search(self, state: State | None, episodes: list[dict[str, Any]]) -> State:
+        """The ``grip_search`` adaptation: the next squeeze per member from each episode's
+        outcome flags (``lifted``, ``crushed`` and, with ``retry_misses``, ``gripped``),
+        replayed from the start grip (:func:`metagrasp.grip_search.next_grip`; the grips
+        tried are a function of the outcomes, so only these are needed)."""
+        fields = self.adaptation["episode_fields"]
+        flags = []
+        for i, ep in enumerate(episodes):
+            missing = [k for k in fields if k not in ep]
+            if missing:
+                raise BundleInputError(
+                    f"episode {i} lacks {missing}: this bundle searches the grip from each "
+                    f"episode's {fields} outcome (True/False per member)"
+                )
+            row = []
+            for k in fields:
+                v = np.asarray(ep[k], np.float64).reshape(-1)
+                if not np.isin(v, (0.0, 1.0)).all():
+                    raise BundleInputError(f"episode {i}: {k} must be True/False, got {v}")
+                row.append(v.astype(bool))
+            flags.append(row)
+        members = len(flags[0][0])
+        if any(len(f) != members for row in flags for f in row):
+            raise BundleInputError("every episode must have the same number of members")
+        s = self.adaptation["settings"]
+        start, lo, hi = float(s["start_n"]), float(s["low_n"]), float(s["high_n"])
+        grips = np.empty(members)
+        for m in range(members):
+            tried: list[tuple[Any, ...]] = []
+            grip = start
+            for row in flags:
+                tried.append((grip, *(bool(f[m]) for f in row)))
+                grip = next_grip(tried, start, lo, hi)
+            grips[m] = grip
+        new = dict(state if state is not None else self.init_state(members))
+        new["grip"] = grips.reshape(members, 1).astype(np.float32)
         return new
 
     def _episode(self, ep: dict[str, Any], i: int) -> dict[str, np.ndarray]:

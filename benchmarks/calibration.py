@@ -58,8 +58,29 @@ def _tasks(split: str, n: int) -> list[Any]:
     return [tasks[i] for i in idx]
 
 
+def _sim_operator(vr: Any) -> Any:
+    """An operator who answers ``calibrate --ask``'s questions from the simulator's flags
+    (did the grasp succeed, was the object crushed) and resets the object at once."""
+
+    def ask(prompt: str) -> str:
+        seen = vr.sim_outcome()
+        if "crushed" in prompt:
+            return "y" if seen["crushed"] else "n"
+        if "succeed" in prompt:
+            return "y" if seen["success"] else "n"
+        return ""
+
+    return ask
+
+
 def _robot_run(
-    path: str, task: Any, k_max: int, loop: LoopConfig, work: Path, known_limit: bool = False
+    path: str,
+    task: Any,
+    k_max: int,
+    loop: LoopConfig,
+    work: Path,
+    known_limit: bool = False,
+    operator: bool = False,
 ) -> dict:
     from metagrasp.sim.virtual_robot import VirtualRobot
 
@@ -81,11 +102,13 @@ def _robot_run(
                         out=str(work / f"{task.task_id}.json"),
                         # As an operator who knows the object's limit (--max-grip).
                         reward=RewardConfig(max_grip_n=task.crush_limit if known_limit else None),
+                        ask=operator,
                     ),
                     pose_source=vr.pose_address,
                     loop=loop,
                     judge=vr,
                     task=task.privileged_vector() if oracle else None,
+                    ask=_sim_operator(vr),
                     log=lambda s: None,
                 )
                 break
@@ -114,7 +137,8 @@ def _robot_run(
 def _sim_run(
     path: str, task: Any, k_max: int, seed: int, known_limit: bool = False
 ) -> dict[int, float]:
-    """The same protocol in the sim env with the same bundle: success per k."""
+    """The same protocol in the sim env with the same bundle: success per k (a grip
+    search adapts on the sim's lifted and crushed flags)."""
     from metagrasp.sim.grasp_env import EnvConfig, GraspEnv
 
     bundle = load_bundle(path)
@@ -137,7 +161,7 @@ def _sim_run(
         pol.reset()
         obs, _ = env.reset(seed=seed * 100 + k, options={"task": task})
         ep = {"obs": [], "actions": [], "rewards": [], "next_obs": [], "dones": []}
-        done, success, ret = False, False, 0.0
+        done, success, ret, crushed, gripped = False, False, 0.0, False, False
         while not done:
             a = pol.act(obs)
             nxt, r, term, trunc, info = env.step(np.clip(a, -1, 1))
@@ -145,7 +169,9 @@ def _sim_run(
             for key, v in zip(ep, (obs, a, r, nxt, float(term)), strict=True):
                 ep[key].append(v)
             obs, done, success = nxt, term or trunc, info["success"]
+            crushed, gripped = crushed or info["crushed"], gripped or info["grip_force"] > 0
         history.append({key: np.asarray(v, np.float32) for key, v in ep.items()})
+        history[-1].update(lifted=bool(success), crushed=crushed, gripped=gripped)
         out[k] = float(success)
         out[("ret", k)] = ret
     env.close()
@@ -164,6 +190,10 @@ def _adapt_time(path: str, calls: int) -> dict[str, float]:
             "rewards": rng.normal(size=t).astype(np.float32),
             "next_obs": rng.normal(size=(t, d)).astype(np.float32),
             "dones": np.zeros(t, np.float32),
+            # The outcome flags a grip-search bundle adapts on (graphs ignore them).
+            "lifted": False,
+            "crushed": False,
+            "gripped": True,
         }
         for _ in range(3)
     ]
@@ -201,6 +231,12 @@ def main() -> int:
         action="store_true",
         help="the device reward knows each object's crush limit (calibrate --max-grip)",
     )
+    ap.add_argument(
+        "--operator",
+        action="store_true",
+        help="calibrate with --ask, answered from the simulator's success and crush flags "
+        "(a grip-search bundle needs a crush judgement: this or --known-grip-limit)",
+    )
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     bundles = dict(b.split("=", 1) for b in args.bundle)
@@ -216,6 +252,7 @@ def main() -> int:
         "tasks_per_split": args.tasks,
         "k_max": args.k_max,
         "known_grip_limit": args.known_grip_limit,
+        "operator": args.operator,
         "bundles": {},
         "adapt_time_only": {},
     }
@@ -242,7 +279,8 @@ def main() -> int:
             for task in _tasks(split, args.tasks):
                 t0 = time.monotonic()
                 with tempfile.TemporaryDirectory() as tmp:
-                    r = _robot_run(path, task, args.k_max, loop, Path(tmp), args.known_grip_limit)
+                    limit, operator = args.known_grip_limit, args.operator
+                    r = _robot_run(path, task, args.k_max, loop, Path(tmp), limit, operator)
                 aborted += r["aborted"]
                 for key in ("device", "sim_flag", "dev_ret", "sim_ret", "crushed"):
                     for k in KS:

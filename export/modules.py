@@ -9,6 +9,8 @@ is checked against; the algorithms' ``export_modules`` methods assemble them.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -139,6 +141,43 @@ class SquashedPolicy(nn.Module):
         x = torch.cat([obs, extra[0]], -1) if self.task else obs
         mu, _ = self.body(self.norm(x)).chunk(2, -1)
         return torch.clamp(torch.tanh(mu), -1.0, 1.0)
+
+
+class GripPolicy(nn.Module):
+    """sac-grip's deterministic action for ``obs`` at the squeeze ``grip`` (N per pad,
+    ``(N, 1)``): ``tanh`` of the mean, with a squeezing gripper value (``g > 0``)
+    replaced by the command's, as :meth:`metagrasp.policies.grip_search.GripSearch.act`
+    does. The command is clamped to the gripper's range before anything uses it."""
+
+    def __init__(
+        self,
+        actor: nn.Module,
+        norm: RunningNorm,
+        gripper: int,
+        force_range: tuple[float, float],
+        min_fraction: float,
+    ) -> None:
+        super().__init__()
+        self.norm = Normalizer(norm)
+        self.body = _copy_mlp(actor.body)
+        self.gripper = gripper
+        self.lo, self.hi = force_range
+        # encode_grip's log scale: [lo, hi] -> [-1, 1] around the geometric mean.
+        self.mid = math.sqrt(self.lo * self.hi)
+        self.half = math.log(math.sqrt(self.hi / self.lo))
+        self.min_fraction = min_fraction
+
+    def forward(self, obs: torch.Tensor, grip: torch.Tensor) -> torch.Tensor:
+        g = torch.clamp(grip, self.lo, self.hi)
+        x = torch.cat([obs, torch.log(g / self.mid) / self.half], -1)
+        mu, _ = self.body(self.norm(x)).chunk(2, -1)
+        a = torch.clamp(torch.tanh(mu), -1.0, 1.0)
+        # grip_action(g / hi): the gripper value whose current limit squeezes with g.
+        frac = torch.clamp(g / self.hi, self.min_fraction, 1.0)
+        cmd = torch.clamp(1.0 - torch.log(frac) / math.log(self.min_fraction), min=1e-6)
+        i = self.gripper
+        col = a[:, i : i + 1]
+        return torch.cat([a[:, :i], torch.where(col > 0, cmd, col), a[:, i + 1 :]], -1)
 
 
 # --- graph specs ----------------------------------------------------------------------
@@ -276,6 +315,31 @@ def squashed_policy_graph(
         outputs=("action",),
         dynamic_axes={k: {0: "n"} for k in inputs} | {"action": {0: "n"}},
         sample=_obs_task_sampler(module.norm, obs_dim, task_dim, {}),
+        quantizable=True,
+    )
+
+
+def grip_policy_graph(
+    module: GripPolicy, obs_dim: int, reference: Callable[..., tuple[torch.Tensor, ...]]
+) -> GraphSpec:
+    """sac-grip's policy graph: ``obs, grip`` -> ``action``; ``grip`` is a state entry."""
+    inputs = {"obs": torch.zeros(1, obs_dim), "grip": torch.full((1, 1), module.mid)}
+
+    def sample(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        obs = module.norm.sample((n,), rng)[:, :obs_dim]
+        # Log-uniform over the gripper's range and a factor 2 beyond it (the clamp).
+        lo, hi = math.log(module.lo / 2), math.log(module.hi * 2)
+        grip = np.exp(rng.uniform(lo, hi, (n, 1))).astype(np.float32)
+        return {"obs": obs, "grip": grip}
+
+    return GraphSpec(
+        role="policy",
+        module=module,
+        inputs=inputs,
+        outputs=("action",),
+        dynamic_axes={k: {0: "n"} for k in (*inputs, "action")},
+        sample=sample,
+        reference=reference,
         quantizable=True,
     )
 

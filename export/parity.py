@@ -55,17 +55,21 @@ def graph_parity(
 
 
 def _episode_dicts(ep: Any) -> list[dict[str, np.ndarray]]:
-    """One collected episode block as the runtime's episode dict (members leading)."""
-    return [
-        {
-            "obs": ep.obs,
-            "actions": ep.actions,
-            "rewards": ep.rewards,
-            "next_obs": ep.next_obs,
-            "dones": ep.dones,
-            "mask": ep.mask,
-        }
-    ]
+    """One collected episode block as the runtime's episode dict (members leading), with
+    the outcome flags the grip search reads where the family has them."""
+    out = {
+        "obs": ep.obs,
+        "actions": ep.actions,
+        "rewards": ep.rewards,
+        "next_obs": ep.next_obs,
+        "dones": ep.dones,
+        "mask": ep.mask,
+        "lifted": ep.success,
+    }
+    for name in ("crushed", "gripped"):
+        if getattr(ep, name) is not None:
+            out[name] = getattr(ep, name)
+    return [out]
 
 
 def _keep(old: Any, new: Any, valid: np.ndarray) -> Any:

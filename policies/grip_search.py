@@ -28,8 +28,12 @@ Seams: :meth:`collect` (SAC's; the command comes from each member's task vector)
 :meth:`adapt` (the grip search on outcomes, meta-test only) -> :meth:`update` (SAC's,
 with scripted demonstrations at the privileged grip and behaviour cloning).
 
-Export: not yet. The bundle would need the search on the device (``adapt/``); the
-exporter refuses this algorithm by name until it has its own ``export_modules``.
+Export (:meth:`GripSearch.export_modules`): a policy graph ``obs, grip -> action`` with
+the squeeze mapping inside, the grip a state entry starting at ``start_grip_n``, and the
+search itself as the bundle's ``grip_search`` adaptation, which the device runtime runs
+in numpy (:mod:`metagrasp.adapt.runtime`) on each calibration episode's lifted and
+crushed outcome. The bundle acts with the mean action: there is no exploration to do
+on the robot, the search explores the grip.
 """
 
 from __future__ import annotations
@@ -171,8 +175,60 @@ class GripSearch(SAC):
     def act(
         self, obs: np.ndarray, task: np.ndarray, state: Any, deterministic: bool = False
     ) -> tuple[np.ndarray, Any]:
-        grips = self._grips(task, state)
-        return self.apply_grip(self._act_raw(obs, grips, deterministic), grips), state
+        return self.act_at(obs, self._grips(task, state), deterministic), state
+
+    def act_at(self, obs: np.ndarray, grips: np.ndarray, deterministic: bool = False) -> np.ndarray:
+        """The env's action for ``obs`` with the squeeze ``grips`` (N, clamped to the
+        gripper's range, as the exported graph does)."""
+        grips = np.clip(grips, GRIP_FORCE_MIN, GRIP_FORCE_MAX)
+        return self.apply_grip(self._act_raw(obs, grips, deterministic), grips)
+
+    def export_modules(self) -> Any:
+        """The policy graph with a ``grip`` state entry and, for ``act_with=search``, the
+        grip search as the bundle's adaptation (see the module docstring).
+
+        Raises:
+            ExportError: ``act_with=oracle`` (a robot does not have the hidden parameters).
+        """
+        from metagrasp.export.writer import ExportError
+
+        if self.config.act_with == "oracle":
+            raise ExportError(
+                "sac-grip with act_with=oracle acts with the hidden parameters' grip, "
+                "which a robot does not have; export the run with act_with=search"
+            )
+        return self._export_plan(search=self.config.act_with == "search")
+
+    def _export_plan(self, search: bool) -> Any:
+        from metagrasp.actions import GRIP_MIN_FRACTION
+        from metagrasp.export.modules import GripPolicy, grip_policy_graph
+        from metagrasp.export.plan import ExportPlan
+
+        force_range = (GRIP_FORCE_MIN, GRIP_FORCE_MAX)
+        module = GripPolicy(self.actor, self.norm, self._gripper, force_range, GRIP_MIN_FRACTION)
+
+        def reference(obs: torch.Tensor, grip: torch.Tensor) -> tuple[torch.Tensor]:
+            a = self.act_at(obs.numpy(), grip.numpy()[:, 0].astype(np.float64), True)
+            return (torch.as_tensor(a),)
+
+        graph = grip_policy_graph(module, self.spec.obs_dim, reference)
+        adaptation: dict[str, Any] = {"kind": "none"}
+        if search:
+            outcomes = ["lifted", "crushed"] + (["gripped"] if self.config.retry_misses else [])
+            adaptation = {
+                "kind": "grip_search",
+                "reward_free": True,
+                "restart": True,
+                "episode_fields": outcomes,
+                "settings": {
+                    "start_n": self.config.start_grip_n,
+                    "low_n": GRIP_FORCE_MIN,
+                    "high_n": GRIP_FORCE_MAX,
+                    "retry_misses": self.config.retry_misses,
+                },
+            }
+        init = {"grip": torch.full((1, 1), float(self.config.start_grip_n))}
+        return ExportPlan(self.name, [graph], init_state=init, adaptation=adaptation)
 
     def collect(self, env: Any) -> Episodes:
         """SAC's collection, keeping the network's own actions (before the commanded
@@ -227,6 +283,11 @@ class GripSearchDR(GripSearch):
 
     def init_state(self, n: int) -> None:
         return None
+
+    def export_modules(self) -> Any:
+        """The policy graph at ``start_grip_n`` (a ``grip`` state entry that never
+        changes: this line does not adapt)."""
+        return self._export_plan(search=False)
 
 
 def _behaviour_policy(algo: GripSearch, per_member: dict[str, Any], n: int) -> BoundPolicy:

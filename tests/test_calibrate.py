@@ -4,6 +4,7 @@
 Episodes are short (10 steps at 25 Hz) against the virtual robot on a real pty."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -312,3 +313,55 @@ def test_latent_recurrent_and_reward_free_bundles_calibrate(tmp_path, name):
     else:
         assert changed, "adaptation changed nothing"
     assert cal.settings["reward_free"] is (name == "rma")
+
+
+# ------------------------------------------------- the grip search (sac-grip) on the device
+def _grip_bundle(path):
+    from metagrasp.policies.grip_search import GripSearch, GripSearchConfig
+
+    spec = EnvSpec("grasp-lift", 33, 6, 11, 100, OBS_NAMES, EE_ACTION_NAMES)
+    plan = GripSearch(GripSearchConfig(hidden=(16,)), spec, 0).export_modules()
+    meta = {
+        "algorithm": "sac-grip",
+        "obs_names": list(OBS_NAMES),
+        "action_names": list(EE_ACTION_NAMES),
+        "adaptation": plan.adaptation,
+        "exploration": plan.exploration,
+        **env_facts(spec),
+    }
+    write_bundle(plan, meta, path)
+    return str(path)
+
+
+def test_a_grip_search_bundle_needs_a_crush_judgement_and_searches_on_the_answers(tmp_path):
+    path = _grip_bundle(tmp_path / "grip" / "policy.onnx")
+    config = CalibrateConfig("egg", episodes=2, out=str(tmp_path / "egg.json"))
+    with pytest.raises(ConfigError, match="--ask .* or --max-grip"):
+        calibrate(path, virtual_arm_config("feetech"), "/dev/null", config, log=lambda s: None)
+    config = CalibrateConfig("egg", episodes=2, out=str(tmp_path / "egg.json"), ask=True)
+    prompts = []
+
+    def operator(prompt):  # nothing lifted; the first episode crushed the egg
+        prompts.append(prompt)
+        return "y" if "crushed" in prompt and len(prompts) < 3 else "n"
+
+    vr = VirtualRobot(virtual_arm_config("feetech")).start()
+    try:
+        report = calibrate(
+            path,
+            vr.robot,
+            vr.path,
+            config,
+            pose_source=vr.pose_address,
+            loop=_loop(),
+            ask=operator,
+            log=lambda s: None,
+        )
+    finally:
+        vr.stop()
+    assert sum("crushed" in p for p in prompts) == 2
+    assert [e["device"]["crushed"] for e in report.episodes] == [True, False]
+    # 4 N crushed it: halve the log range to 0.5-4 N; then 1.41 N dropped it: 1.41-4 N.
+    cal = load_calibration(report.file)
+    assert cal.settings["adaptation"] == "grip_search"
+    np.testing.assert_allclose(cal.state["grip"], [[math.sqrt(math.sqrt(2.0) * 4.0)]], rtol=1e-6)

@@ -160,7 +160,7 @@ def test_seeded_training_reproduces_and_a_checkpoint_resumes_exactly(tmp_path):
     env_b.close()
 
 
-def test_cli_trains_evaluates_with_the_search_and_refuses_to_export(tmp_path):
+def test_cli_trains_evaluates_and_exports_a_bundle_that_searches_the_grip(tmp_path):
     run = tmp_path / "run"
     args = ["train", "--algo", "sac-grip", "--task", "grasp-lift", "--preset", "quick"]
     args += ["--set", "run.total_env_steps=400", "--set", "run.num_envs=2"]
@@ -172,11 +172,73 @@ def test_cli_trains_evaluates_with_the_search_and_refuses_to_export(tmp_path):
     assert main(["eval", str(run), "--split", "test", "--episodes-per-task", "2"]) == 0
     res = json.loads((run / "eval-test" / "results.json").read_text())
     assert [r["k"] for r in res["per_k"]] == [0, 1, 2]
-    from metagrasp.export.exporter import export_run
-    from metagrasp.export.writer import ExportError
+    # The export checks the graph against act_at on random inputs (grips beyond the
+    # gripper's range included) and the runtime against act/adapt on 4 sim episodes.
+    assert main(["export", str(run), "-o", str(tmp_path / "b" / "policy.onnx"),
+                 "--real-episodes", "4"]) == 0  # fmt: skip
+    from metagrasp.adapt.runtime import BundleInputError, load_bundle
 
-    with pytest.raises(ExportError, match="needs its own export_modules"):
-        export_run(run, tmp_path / "p.onnx", real_episodes=0)
+    bundle = load_bundle(tmp_path / "b" / "policy.onnx")
+    checks = bundle.metadata["checks"]
+    assert checks["random"]["policy"]["max_abs_diff"] < 1e-5
+    assert checks["rollout"]["max_abs_diff"] < 1e-5
+    assert bundle.adapts and bundle.reward_free and bundle.metadata["exploration"] == "none"
+    np.testing.assert_array_equal(bundle.init_state()["grip"], [[4.0]])
+    # The device search is the algorithm's, on the same outcomes (two members).
+    env, algo, _ = tiny()
+    env.close()
+    flags = [([False, True], [True, False]), ([False, False], [False, False])]
+    eps = [{"lifted": np.array(lf), "crushed": np.array(cr)} for lf, cr in flags]
+    state = algo.init_state(2)
+    for i in range(len(flags)):
+        state = algo.adapt(state, [outcomes(*f) for f in flags[: i + 1]])
+        got = bundle.adapt(bundle.init_state(2), eps[: i + 1])["grip"][:, 0]
+        np.testing.assert_allclose(got, state["grip"], rtol=1e-6)
+    assert state["grip"][1] == 4.0 and state["grip"][0] < 4.0  # lifted: kept; crushed: less
+    # The grip is what the bundle squeezes with: every g > 0 is the state's force.
+    from metagrasp.actions import grip_action
+
+    obs = np.random.default_rng(0).normal(size=(200, bundle.obs_dim)).astype(np.float32)
+    for grip in (2.0, 20.0, 40.0):  # 40 N is beyond the gripper: clamped to 20
+        g, _ = bundle.act(obs, {"grip": np.full((200, 1), grip, np.float32)})
+        squeeze = g[:, -1] > 0
+        assert 0 < squeeze.sum() < 200  # both signs: opening passes through unchanged
+        want = grip_action(min(grip, 20.0) / 20.0)
+        np.testing.assert_allclose(g[squeeze, -1], want, rtol=1e-6)
+    with pytest.raises(BundleInputError, match="lacks \\['crushed'\\]"):
+        bundle.adapt(bundle.init_state(), [{"lifted": True}])
+    with pytest.raises(BundleInputError, match="True/False"):
+        bundle.adapt(bundle.init_state(), [{"lifted": 0.5, "crushed": False}])
+
+
+def test_the_dr_line_exports_without_adaptation_and_the_oracle_line_is_refused(tmp_path):
+    from metagrasp.adapt.runtime import load_bundle
+    from metagrasp.export.metadata import env_facts
+    from metagrasp.export.writer import ExportError, write_bundle
+
+    for name in ("sac-grip-dr", "sac-grip"):
+        overrides = {"run": {"num_envs": 2, "workers": 0}, "algo": dict(TINY)}
+        if name == "sac-grip":
+            overrides["algo"]["act_with"] = "fixed"
+        resolved = resolve_config(name, "grasp-lift", "quick", overrides=overrides)
+        env = make_vector_env("grasp-lift", 2, seed=0, workers=0)
+        spec = env_spec(env, "grasp-lift")
+        env.close()
+        algo = build_algorithm(resolved, spec)
+        plan = algo.export_modules()
+        assert plan.adaptation == {"kind": "none"}
+        meta = {"algorithm": name, "obs_names": list(spec.obs_names),
+                "action_names": list(spec.action_names), "adaptation": plan.adaptation,
+                "exploration": plan.exploration, **env_facts(spec)}  # fmt: skip
+        path = tmp_path / name / "policy.onnx"
+        write_bundle(plan, meta, path)
+        bundle = load_bundle(path)
+        assert not bundle.adapts
+        state = bundle.init_state()
+        assert bundle.adapt(state, [{"lifted": False, "crushed": True}]) is state
+    algo.config.act_with = "oracle"
+    with pytest.raises(ExportError, match="hidden parameters"):
+        algo.export_modules()
 
 
 def test_every_squeeze_is_the_commanded_one_and_the_replay_keeps_the_raw_action():
