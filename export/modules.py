@@ -147,7 +147,13 @@ class GripPolicy(nn.Module):
     """sac-grip's deterministic action for ``obs`` at the squeeze ``grip`` (N per pad,
     ``(N, 1)``): ``tanh`` of the mean, with a squeezing gripper value (``g > 0``)
     replaced by the command's, as :meth:`metagrasp.policies.grip_search.GripSearch.act`
-    does. The command is clamped to the gripper's range before anything uses it."""
+    does. The command is clamped to the gripper's range before anything uses it.
+
+    With ``fixed_grip`` (a line that never changes its grip) the graph takes ``obs``
+    only, and the command's input and gripper value are constants computed as the
+    training code computes them: its normaliser saw that one value, with a variance of
+    zero, and would magnify any rounding difference in it ten-thousandfold.
+    """
 
     def __init__(
         self,
@@ -156,6 +162,7 @@ class GripPolicy(nn.Module):
         gripper: int,
         force_range: tuple[float, float],
         min_fraction: float,
+        fixed_grip: tuple[np.ndarray, float] | None = None,
     ) -> None:
         super().__init__()
         self.norm = Normalizer(norm)
@@ -166,18 +173,29 @@ class GripPolicy(nn.Module):
         self.mid = math.sqrt(self.lo * self.hi)
         self.half = math.log(math.sqrt(self.hi / self.lo))
         self.min_fraction = min_fraction
+        self.fixed = fixed_grip is not None
+        if fixed_grip is not None:  # (encoded input (1, 1), gripper action)
+            self.register_buffer("fixed_input", torch.as_tensor(fixed_grip[0]).float())
+            self.fixed_action = float(fixed_grip[1])
 
-    def forward(self, obs: torch.Tensor, grip: torch.Tensor) -> torch.Tensor:
-        g = torch.clamp(grip, self.lo, self.hi)
-        x = torch.cat([obs, torch.log(g / self.mid) / self.half], -1)
-        mu, _ = self.body(self.norm(x)).chunk(2, -1)
-        a = torch.clamp(torch.tanh(mu), -1.0, 1.0)
+    def _command(self, obs: torch.Tensor, grip: tuple[torch.Tensor, ...]) -> tuple:
+        """The network's command input and the squeeze's gripper value."""
+        if self.fixed:
+            return self.fixed_input.expand(obs.shape[0], 1), self.fixed_action
+        g = torch.clamp(grip[0], self.lo, self.hi)
         # grip_action(g / hi): the gripper value whose current limit squeezes with g.
         frac = torch.clamp(g / self.hi, self.min_fraction, 1.0)
         cmd = torch.clamp(1.0 - torch.log(frac) / math.log(self.min_fraction), min=1e-6)
+        return torch.log(g / self.mid) / self.half, cmd
+
+    def forward(self, obs: torch.Tensor, *grip: torch.Tensor) -> torch.Tensor:
+        enc, cmd = self._command(obs, grip)
+        mu, _ = self.body(self.norm(torch.cat([obs, enc], -1))).chunk(2, -1)
+        a = torch.clamp(torch.tanh(mu), -1.0, 1.0)
         i = self.gripper
         col = a[:, i : i + 1]
-        return torch.cat([a[:, :i], torch.where(col > 0, cmd, col), a[:, i + 1 :]], -1)
+        squeeze = torch.where(col > 0, torch.full_like(col, 1.0) * cmd, col)
+        return torch.cat([a[:, :i], squeeze, a[:, i + 1 :]], -1)
 
 
 # --- graph specs ----------------------------------------------------------------------
@@ -322,15 +340,19 @@ def squashed_policy_graph(
 def grip_policy_graph(
     module: GripPolicy, obs_dim: int, reference: Callable[..., tuple[torch.Tensor, ...]]
 ) -> GraphSpec:
-    """sac-grip's policy graph: ``obs, grip`` -> ``action``; ``grip`` is a state entry."""
-    inputs = {"obs": torch.zeros(1, obs_dim), "grip": torch.full((1, 1), module.mid)}
+    """sac-grip's policy graph: ``obs, grip`` -> ``action`` (``grip`` a state entry), or
+    ``obs`` -> ``action`` for a fixed grip."""
+    inputs = {"obs": torch.zeros(1, obs_dim)}
+    if not module.fixed:
+        inputs["grip"] = torch.full((1, 1), module.mid)
 
     def sample(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        obs = module.norm.sample((n,), rng)[:, :obs_dim]
-        # Log-uniform over the gripper's range and a factor 2 beyond it (the clamp).
-        lo, hi = math.log(module.lo / 2), math.log(module.hi * 2)
-        grip = np.exp(rng.uniform(lo, hi, (n, 1))).astype(np.float32)
-        return {"obs": obs, "grip": grip}
+        out = {"obs": module.norm.sample((n,), rng)[:, :obs_dim]}
+        if not module.fixed:
+            # Log-uniform over the gripper's range and a factor 2 beyond it (the clamp).
+            lo, hi = math.log(module.lo / 2), math.log(module.hi * 2)
+            out["grip"] = np.exp(rng.uniform(lo, hi, (n, 1))).astype(np.float32)
+        return out
 
     return GraphSpec(
         role="policy",

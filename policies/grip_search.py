@@ -163,11 +163,16 @@ class GripSearch(SAC):
         a, _ = self.actor(x, deterministic, self.gen)
         return a.numpy()
 
+    @staticmethod
+    def _squeeze(grip_n: float) -> float:
+        """The gripper action that squeezes with ``grip_n`` per pad."""
+        return grip_action(grip_n / GRIP_FORCE_MAX)
+
     def apply_grip(self, raw: np.ndarray, grips: np.ndarray) -> np.ndarray:
         """The env's action: the network's, with every squeeze (gripper ``g > 0``) at the
         commanded force; opening and position targets (``g <= 0``) pass unchanged."""
         out = np.array(raw, np.float32, copy=True)
-        g_cmd = np.array([grip_action(f / GRIP_FORCE_MAX) for f in grips], np.float32)
+        g_cmd = np.array([self._squeeze(f) for f in grips], np.float32)
         squeeze = out[:, self._gripper] > 0
         out[squeeze, self._gripper] = g_cmd[squeeze]
         return out
@@ -200,34 +205,40 @@ class GripSearch(SAC):
         return self._export_plan(search=self.config.act_with == "search")
 
     def _export_plan(self, search: bool) -> Any:
+        """The plan: with the search, a ``grip`` state entry read by the policy graph and
+        moved by the runtime; without, the start grip as a constant of the graph."""
         from metagrasp.actions import GRIP_MIN_FRACTION
         from metagrasp.export.modules import GripPolicy, grip_policy_graph
         from metagrasp.export.plan import ExportPlan
 
+        start = float(self.config.start_grip_n)
+        fixed = None if search else (encode_grip(np.array([start])), self._squeeze(start))
         force_range = (GRIP_FORCE_MIN, GRIP_FORCE_MAX)
-        module = GripPolicy(self.actor, self.norm, self._gripper, force_range, GRIP_MIN_FRACTION)
+        module = GripPolicy(
+            self.actor, self.norm, self._gripper, force_range, GRIP_MIN_FRACTION, fixed
+        )
 
-        def reference(obs: torch.Tensor, grip: torch.Tensor) -> tuple[torch.Tensor]:
-            a = self.act_at(obs.numpy(), grip.numpy()[:, 0].astype(np.float64), True)
-            return (torch.as_tensor(a),)
+        def reference(obs: torch.Tensor, *grip: torch.Tensor) -> tuple[torch.Tensor]:
+            g = grip[0].numpy()[:, 0].astype(np.float64) if grip else np.full(len(obs), start)
+            return (torch.as_tensor(self.act_at(obs.numpy(), g, True)),)
 
         graph = grip_policy_graph(module, self.spec.obs_dim, reference)
-        adaptation: dict[str, Any] = {"kind": "none"}
-        if search:
-            outcomes = ["lifted", "crushed"] + (["gripped"] if self.config.retry_misses else [])
-            adaptation = {
-                "kind": "grip_search",
-                "reward_free": True,
-                "restart": True,
-                "episode_fields": outcomes,
-                "settings": {
-                    "start_n": self.config.start_grip_n,
-                    "low_n": GRIP_FORCE_MIN,
-                    "high_n": GRIP_FORCE_MAX,
-                    "retry_misses": self.config.retry_misses,
-                },
-            }
-        init = {"grip": torch.full((1, 1), float(self.config.start_grip_n))}
+        if not search:
+            return ExportPlan(self.name, [graph])
+        outcomes = ["lifted", "crushed"] + (["gripped"] if self.config.retry_misses else [])
+        adaptation = {
+            "kind": "grip_search",
+            "reward_free": True,
+            "restart": True,
+            "episode_fields": outcomes,
+            "settings": {
+                "start_n": start,
+                "low_n": GRIP_FORCE_MIN,
+                "high_n": GRIP_FORCE_MAX,
+                "retry_misses": self.config.retry_misses,
+            },
+        }
+        init = {"grip": torch.full((1, 1), start)}
         return ExportPlan(self.name, [graph], init_state=init, adaptation=adaptation)
 
     def collect(self, env: Any) -> Episodes:
@@ -285,8 +296,8 @@ class GripSearchDR(GripSearch):
         return None
 
     def export_modules(self) -> Any:
-        """The policy graph at ``start_grip_n`` (a ``grip`` state entry that never
-        changes: this line does not adapt)."""
+        """The policy graph at ``start_grip_n``, a constant of the graph (no state: this
+        line does not adapt)."""
         return self._export_plan(search=False)
 
 

@@ -214,7 +214,8 @@ def test_cli_trains_evaluates_and_exports_a_bundle_that_searches_the_grip(tmp_pa
 def test_the_dr_line_exports_without_adaptation_and_the_oracle_line_is_refused(tmp_path):
     from metagrasp.adapt.runtime import load_bundle
     from metagrasp.export.metadata import env_facts
-    from metagrasp.export.writer import ExportError, write_bundle
+    from metagrasp.export.parity import graph_parity
+    from metagrasp.export.writer import ExportError, trace, write_bundle
 
     for name in ("sac-grip-dr", "sac-grip"):
         overrides = {"run": {"num_envs": 2, "workers": 0}, "algo": dict(TINY)}
@@ -225,8 +226,14 @@ def test_the_dr_line_exports_without_adaptation_and_the_oracle_line_is_refused(t
         spec = env_spec(env, "grasp-lift")
         env.close()
         algo = build_algorithm(resolved, spec)
+        if name == "sac-grip-dr":  # its normaliser saw one command: a variance of zero
+            rng = np.random.default_rng(0)
+            obs, task = rng.normal(size=(64, spec.obs_dim)), np.zeros((64, spec.task_dim))
+            algo.norm.update(algo._inputs(obs, task))
         plan = algo.export_modules()
-        assert plan.adaptation == {"kind": "none"}
+        assert plan.adaptation == {"kind": "none"} and list(plan.graph("policy").inputs) == ["obs"]
+        graph = plan.graph("policy")
+        assert graph_parity(graph, trace(graph), 200)["max_abs_diff"] < 1e-5
         meta = {"algorithm": name, "obs_names": list(spec.obs_names),
                 "action_names": list(spec.action_names), "adaptation": plan.adaptation,
                 "exploration": plan.exploration, **env_facts(spec)}  # fmt: skip
