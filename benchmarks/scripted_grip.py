@@ -13,7 +13,13 @@ The difference is the success that adapting the grip to the object can add: what
 task family demands of adaptation, and an upper reference for the oracle line. Fragile
 and robust objects are reported apart, since one grip cannot serve both.
 
-A third rule **adapts** without the hidden parameters, the way few-shot calibration must:
+A third kind of rule knows **every hidden parameter but the crush limit** (the force
+that lifts the object and the actuator gain) and squeezes at a multiple of that force:
+the most a reward-free estimator can know if crushing leaves no trace in what the robot
+observes, as in this family (an RMA-style history encoder, issue #9). The best multiple
+is its upper reference.
+
+A fourth rule **adapts** without the hidden parameters, the way few-shot calibration must:
 k = 0..3 episodes on the same object, each grip chosen from the outcomes of the ones
 before (:func:`next_grip`: a bisection on the log of the force, down after a crush, up
 after a drop). Its success at k = 3 against the two others is the gap closure that
@@ -25,8 +31,11 @@ reward-driven adaptation of the grip alone can reach with this motion.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -43,8 +52,21 @@ from metagrasp.sim.tasks import GRIP_FORCE_MAX
 
 FIXED_GRIPS_N = (1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 20.0)
 """The grid of single grip levels per pad (N)."""
+LIFT_MARGINS = (1.0, 1.5, 2.0, 3.0, 4.0)
+"""Multiples of the lifting force of the rules blind to the crush limit."""
 ADAPT_K = 3
 """Calibration episodes of the adaptive rule (success is reported at k = 0..ADAPT_K)."""
+
+
+def _fixed(grip: float, task: Any) -> float:
+    return grip
+
+
+def _lift_only(margin: float, task: Any) -> float:
+    """``margin`` times the force that lifts the object, after the actuator gain: the
+    privileged grip without the crush limit."""
+    want = margin * task.required_grip_force() / task.actuator_gain
+    return float(np.clip(want, GRIP_FORCE_MIN, GRIP_FORCE_MAX))
 
 
 def next_grip(outcomes: list[tuple[float, bool, bool]]) -> float:
@@ -59,7 +81,11 @@ def measure(split: str, seeds: tuple[int, ...]) -> dict:
     tasks = family_split_tasks("grasp-lift", split)
     fragile = np.array([t.fragile for t in tasks])
     env = make_env("grasp-lift", split=split)
-    rules = {"privileged": None, **{f"fixed {g:g} N": g for g in FIXED_GRIPS_N}}
+    rules: dict[str, Callable[[Any], float]] = {
+        "privileged": privileged_grip,
+        **{f"fixed {g:g} N": functools.partial(_fixed, g) for g in FIXED_GRIPS_N},
+        **{f"lift x{m:g}": functools.partial(_lift_only, m) for m in LIFT_MARGINS},
+    }
     success = {name: np.zeros((len(seeds), len(tasks)), bool) for name in rules}
     crushed = {name: np.zeros((len(seeds), len(tasks)), bool) for name in rules}
     adaptive = np.zeros((ADAPT_K + 1, len(seeds), len(tasks)), bool)
@@ -72,9 +98,8 @@ def measure(split: str, seeds: tuple[int, ...]) -> dict:
     try:
         for si, seed in enumerate(seeds):
             for ti, task in enumerate(tasks):
-                for name, grip in rules.items():
-                    force = privileged_grip(task) if grip is None else grip
-                    success[name][si, ti], crushed[name][si, ti] = episode(task, force, seed)
+                for name, rule in rules.items():
+                    success[name][si, ti], crushed[name][si, ti] = episode(task, rule(task), seed)
                 outcomes: list[tuple[float, bool, bool]] = []
                 for k in range(ADAPT_K + 1):  # episode k follows k calibration episodes
                     force = next_grip(outcomes)
@@ -94,7 +119,8 @@ def measure(split: str, seeds: tuple[int, ...]) -> dict:
         }
 
     table = {name: cells(name) for name in rules}
-    best_fixed = max((n for n in rules if n != "privileged"), key=lambda n: table[n]["success"])
+    best_fixed = max((n for n in rules if n.startswith("fixed")), key=lambda n: table[n]["success"])
+    best_lift = max((n for n in rules if n.startswith("lift")), key=lambda n: table[n]["success"])
     span = table["privileged"]["success"] - table[best_fixed]["success"]
     adapt = {
         "success": [float(a.mean()) for a in adaptive],
@@ -112,6 +138,12 @@ def measure(split: str, seeds: tuple[int, ...]) -> dict:
         "fragile_tasks": int(fragile.sum()),
         "rules": table,
         "best_fixed": best_fixed,
+        "best_lift_only": best_lift,
+        "lift_only_gap_closure": float(
+            (table[best_lift]["success"] - table[best_fixed]["success"]) / span
+        )
+        if span > 0
+        else float("nan"),
         "gap_points": 100 * (table["privileged"]["success"] - table[best_fixed]["success"]),
     }
 
@@ -130,11 +162,16 @@ def main() -> int:
     print("grip rule        success  fragile  robust  fragile crushed")
     for name, c in res["rules"].items():
         mark = "  <- best fixed" if name == res["best_fixed"] else ""
+        mark = "  <- best blind to crushing" if name == res["best_lift_only"] else mark
         print(
             f"{name:15s}  {c['success']:.3f}    {c['success_fragile']:.3f}    "
             f"{c['success_robust']:.3f}   {c['crushed_fragile']:.3f}{mark}"
         )
     print(f"privileged - best fixed: {res['gap_points']:+.1f} points")
+    print(
+        f"blind to the crush limit, best {res['best_lift_only']}: gap closure "
+        f"{res['lift_only_gap_closure']:.2f}"
+    )
     a = res["adaptive"]
     print(
         "adaptive (k = 0..3): "

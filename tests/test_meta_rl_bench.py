@@ -148,3 +148,24 @@ def test_adaptive_scripted_grip_bisects_between_a_drop_and_a_crush():
         history.append((grip, False, True))
         grip = mod.next_grip(history)
     assert 0.5 <= grip < 0.6
+
+
+def test_the_grip_blind_to_the_crush_limit_is_a_multiple_of_the_lifting_force():
+    """benchmarks/scripted_grip.py's ``lift xM`` rules: M times the force that lifts the
+    object, after the hidden gain, inside the gripper's range; the crush limit unused."""
+    import dataclasses
+    import importlib.util
+
+    from metagrasp.sim.registry import family_split_tasks
+
+    spec = importlib.util.spec_from_file_location(
+        "scripted_grip", REPO / "benchmarks" / "scripted_grip.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    task = family_split_tasks("grasp-lift", "test")[0]
+    want = 2.0 * task.required_grip_force() / task.actuator_gain
+    assert mod._lift_only(2.0, task) == pytest.approx(min(max(want, 0.5), 20.0))
+    other = dataclasses.replace(task, crush_limit=task.crush_limit * 0.1)
+    assert mod._lift_only(2.0, other) == mod._lift_only(2.0, task)
+    assert mod._lift_only(1e6, task) == 20.0
