@@ -58,21 +58,6 @@ def _tasks(split: str, n: int) -> list[Any]:
     return [tasks[i] for i in idx]
 
 
-def _sim_operator(vr: Any) -> Any:
-    """An operator who answers ``calibrate --ask``'s questions from the simulator's flags
-    (did the grasp succeed, was the object crushed) and resets the object at once."""
-
-    def ask(prompt: str) -> str:
-        seen = vr.sim_outcome()
-        if "crushed" in prompt:
-            return "y" if seen["crushed"] else "n"
-        if "succeed" in prompt:
-            return "y" if seen["success"] else "n"
-        return ""
-
-    return ask
-
-
 def _robot_run(
     path: str,
     task: Any,
@@ -108,7 +93,7 @@ def _robot_run(
                     loop=loop,
                     judge=vr,
                     task=task.privileged_vector() if oracle else None,
-                    ask=_sim_operator(vr),
+                    ask=vr.answer,
                     log=lambda s: None,
                 )
                 break

@@ -311,17 +311,32 @@ def run_demo(args: argparse.Namespace) -> int:
             f"--object-pose {pose} --object {obj} --episodes {args.episodes} "
             f"--eval-episodes {args.eval_episodes} --out {cal_file}"
         )
+        ask, answer = args.ask, input
+        needs_crush = "crushed" in bundle.adaptation.get("episode_fields", ())
+        if vr is not None and needs_crush and not ask and args.max_grip is None:
+            # A grip search needs a crush judgement per episode; on a real arm the
+            # operator gives it (--ask), here the simulator plays the operator.
+            ask, answer = True, vr.answer
+            log("      the simulator answers --ask's questions (succeeded? crushed?)")
         config = CalibrateConfig(
             object_name=obj,
             episodes=args.episodes,
             eval_episodes=args.eval_episodes,
             out=str(cal_file),
-            ask=args.ask,
+            ask=ask,
             seed=args.seed,
             reward=RewardConfig(max_grip_n=args.max_grip),
         )
         report = calibrate(
-            str(bundle_path), robot, port, config, pose_source=pose, loop=loop, judge=judge, log=log
+            str(bundle_path),
+            robot,
+            port,
+            config,
+            pose_source=pose,
+            loop=loop,
+            judge=judge,
+            ask=answer,
+            log=log,
         )
         trace = list(vr.trace or []) if vr is not None else []
     finally:

@@ -181,6 +181,18 @@ class VirtualRobot:
         with self._lock:
             return dict(self._judged)
 
+    def answer(self, prompt: str) -> str:
+        """An operator's answer to ``metagrasp calibrate --ask``'s questions, from the
+        simulator's flags: did the grasp succeed, was the object crushed (``y``/``n``);
+        anything else (put the object back) is done at once, since the next episode
+        re-places it."""
+        seen = self.sim_outcome()
+        if "crushed" in prompt:
+            return "y" if seen.get("crushed") else "n"
+        if "succeed" in prompt:
+            return "y" if seen.get("success") else "n"
+        return ""
+
     # ------------------------------------------------------------------ servo <-> physics
     def _ticks(self, k: int, q: float) -> int:
         lo, hi = self.robot.servo_model.position_range

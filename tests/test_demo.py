@@ -76,3 +76,23 @@ def test_the_shipped_bundles_are_installed_with_the_package():
         assert find_pretrained(folder.name) == folder / "policy.onnx"
         bundle = load_bundle(str(folder / "policy.onnx"))  # checks the siblings' SHA-256
         assert bundle.metadata["algorithm"] in folder.name
+
+
+def test_the_demo_calibrates_a_grip_search_bundle_with_the_simulator_as_operator(
+    tmp_path, capsys
+):
+    """A sac-grip bundle needs a crush judgement per episode: on the virtual robot,
+    without --max-grip, the simulator answers calibrate --ask's two questions."""
+    from tests.test_calibrate import _grip_bundle
+
+    bundle = _grip_bundle(tmp_path / "b" / "policy.onnx")
+    out = tmp_path / "demo"
+    args = ["demo", "--bundle", bundle, "--out", str(out), "--episodes", "2"]
+    args += ["--eval-episodes", "0", "--episode-seconds", "0.4", "--park-seconds", "0.2"]
+    args += ["--settle-seconds", "0.1", "--no-video"]
+    assert main(args) == 0
+    assert "the simulator answers" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    cal = json.loads(Path(summary["calibration"]).read_text())
+    assert cal["settings"]["adaptation"] == "grip_search" and cal["settings"]["ask"] is True
+    assert list(cal["state"]) == ["grip"]
