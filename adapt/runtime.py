@@ -87,7 +87,7 @@ from metagrasp.adapt.integrity import (
     sha256_file,
 )
 from metagrasp.errors import MetagraspError
-from metagrasp.grip_search import next_grip
+from metagrasp.grip_search import next_grip, next_grip_prior
 
 FORMAT_VERSION = 1
 """Bundle format this loader reads (``metagrasp.format_version`` in the policy file)."""
@@ -434,13 +434,24 @@ class PolicyBundle:
             raise BundleInputError("every episode must have the same number of members")
         s = self.adaptation["settings"]
         start, lo, hi = float(s["start_n"]), float(s["low_n"]), float(s["high_n"])
+        if s.get("rule", "bisect") == "prior":
+            windows = np.asarray(s["windows"], np.float64)
+            fail = float(s["fail_rate"])
+
+            def rule(tried: list) -> float:
+                return next_grip_prior(tried, windows, start, lo, hi, fail)
+        else:
+
+            def rule(tried: list) -> float:
+                return next_grip(tried, start, lo, hi)
+
         grips = np.empty(members)
         for m in range(members):
             tried: list[tuple[Any, ...]] = []
             grip = start
             for row in flags:
                 tried.append((grip, *(bool(f[m]) for f in row)))
-                grip = next_grip(tried, start, lo, hi)
+                grip = rule(tried)
             grips[m] = grip
         new = dict(state if state is not None else self.init_state(members))
         new["grip"] = grips.reshape(members, 1).astype(np.float32)

@@ -19,11 +19,13 @@ the most a reward-free estimator can know if crushing leaves no trace in what th
 observes, as in this family (an RMA-style history encoder, issue #9). The best multiple
 is its upper reference.
 
-A fourth rule **adapts** without the hidden parameters, the way few-shot calibration must:
+Two rules **adapt** without the hidden parameters, the way few-shot calibration must:
 k = 0..3 episodes on the same object, each grip chosen from the outcomes of the ones
 before (:func:`next_grip`: a bisection on the log of the force, down after a crush, up
-after a drop). Its success at k = 3 against the two others is the gap closure that
-reward-driven adaptation of the grip alone can reach with this motion.
+after a drop), and the same search with a prior learned from training objects
+(:func:`next_grip_prior`: the grip most likely to lie inside the object's window, given
+the outcomes). Their success at k = 3 against the two others is the gap closure that
+adapting the grip alone can reach with this motion.
 
     python benchmarks/scripted_grip.py --split test --seeds 0 1 --json out.json
 """
@@ -40,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from metagrasp.grip_search import next_grip as search_grip
+from metagrasp.grip_search import next_grip_prior as search_grip_prior
 from metagrasp.sim.registry import family_split_tasks, make_env
 from metagrasp.sim.scripted import (
     BEST_FIXED_GRIP_N,
@@ -47,6 +50,7 @@ from metagrasp.sim.scripted import (
     ScriptedGrasp,
     privileged_grip,
     run_episode,
+    training_grip_windows,
 )
 from metagrasp.sim.tasks import GRIP_FORCE_MAX
 
@@ -69,6 +73,17 @@ def _lift_only(margin: float, task: Any) -> float:
     return float(np.clip(want, GRIP_FORCE_MIN, GRIP_FORCE_MAX))
 
 
+def _prior_rule(windows: np.ndarray) -> Callable[[list], float]:
+    """:func:`metagrasp.grip_search.next_grip_prior` with the training objects' windows."""
+
+    def rule(outcomes: list[tuple[float, bool, bool]]) -> float:
+        return search_grip_prior(
+            outcomes, windows, BEST_FIXED_GRIP_N, GRIP_FORCE_MIN, GRIP_FORCE_MAX
+        )
+
+    return rule
+
+
 def next_grip(outcomes: list[tuple[float, bool, bool]]) -> float:
     """The adaptive rule's grip (N) after ``outcomes`` = [(grip, success, crushed), ...]:
     :func:`metagrasp.grip_search.next_grip` from the best single grip, in the gripper's
@@ -89,6 +104,8 @@ def measure(split: str, seeds: tuple[int, ...]) -> dict:
     success = {name: np.zeros((len(seeds), len(tasks)), bool) for name in rules}
     crushed = {name: np.zeros((len(seeds), len(tasks)), bool) for name in rules}
     adaptive = np.zeros((ADAPT_K + 1, len(seeds), len(tasks)), bool)
+    adaptive_prior = np.zeros_like(adaptive)
+    windows = training_grip_windows()
 
     def episode(task, force: float, seed: int) -> tuple[bool, bool]:
         policy = ScriptedGrasp(task, grip_force=force, config=env.unwrapped.config)
@@ -100,12 +117,13 @@ def measure(split: str, seeds: tuple[int, ...]) -> dict:
             for ti, task in enumerate(tasks):
                 for name, rule in rules.items():
                     success[name][si, ti], crushed[name][si, ti] = episode(task, rule(task), seed)
-                outcomes: list[tuple[float, bool, bool]] = []
-                for k in range(ADAPT_K + 1):  # episode k follows k calibration episodes
-                    force = next_grip(outcomes)
-                    ok, crush = episode(task, force, 1000 * (seed + 1) + k)
-                    adaptive[k, si, ti] = ok
-                    outcomes.append((force, ok, crush))
+                for rule, out in ((next_grip, adaptive), (_prior_rule(windows), adaptive_prior)):
+                    outcomes: list[tuple[float, bool, bool]] = []
+                    for k in range(ADAPT_K + 1):  # episode k follows k calibration episodes
+                        force = rule(outcomes)
+                        ok, crush = episode(task, force, 1000 * (seed + 1) + k)
+                        out[k, si, ti] = ok
+                        outcomes.append((force, ok, crush))
     finally:
         env.close()
 
@@ -122,16 +140,21 @@ def measure(split: str, seeds: tuple[int, ...]) -> dict:
     best_fixed = max((n for n in rules if n.startswith("fixed")), key=lambda n: table[n]["success"])
     best_lift = max((n for n in rules if n.startswith("lift")), key=lambda n: table[n]["success"])
     span = table["privileged"]["success"] - table[best_fixed]["success"]
-    adapt = {
-        "success": [float(a.mean()) for a in adaptive],
-        "success_fragile": [float(a[:, fragile].mean()) for a in adaptive],
-        "success_robust": [float(a[:, ~fragile].mean()) for a in adaptive],
-        "gap_closure_k3": float((adaptive[ADAPT_K].mean() - table[best_fixed]["success"]) / span)
-        if span > 0
-        else float("nan"),
-    }
+
+    def adapt_cells(runs: np.ndarray) -> dict[str, Any]:
+        return {
+            "success": [float(a.mean()) for a in runs],
+            "success_fragile": [float(a[:, fragile].mean()) for a in runs],
+            "success_robust": [float(a[:, ~fragile].mean()) for a in runs],
+            "gap_closure_k3": float((runs[ADAPT_K].mean() - table[best_fixed]["success"]) / span)
+            if span > 0
+            else float("nan"),
+        }
+
+    adapt, adapt_prior = adapt_cells(adaptive), adapt_cells(adaptive_prior)
     return {
         "adaptive": adapt,
+        "adaptive_prior": adapt_prior,
         "split": split,
         "seeds": list(seeds),
         "tasks": len(tasks),
@@ -172,14 +195,15 @@ def main() -> int:
         f"blind to the crush limit, best {res['best_lift_only']}: gap closure "
         f"{res['lift_only_gap_closure']:.2f}"
     )
-    a = res["adaptive"]
-    print(
-        "adaptive (k = 0..3): "
-        + " / ".join(f"{x:.3f}" for x in a["success"])
-        + "; fragile "
-        + " / ".join(f"{x:.3f}" for x in a["success_fragile"])
-        + f"; gap closure at k = 3: {a['gap_closure_k3']:.2f}"
-    )
+    for key, label in (("adaptive", "adaptive"), ("adaptive_prior", "adaptive, prior")):
+        a = res[key]
+        print(
+            f"{label} (k = 0..3): "
+            + " / ".join(f"{x:.3f}" for x in a["success"])
+            + "; fragile "
+            + " / ".join(f"{x:.3f}" for x in a["success_fragile"])
+            + f"; gap closure at k = 3: {a['gap_closure_k3']:.2f}"
+        )
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(res, fh, indent=1)

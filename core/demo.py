@@ -52,7 +52,7 @@ The same steps one by one: `metagrasp deploy`, `metagrasp calibrate`,
 """
 
 
-DEFAULT_PRETRAINED = "pearl-grasp-lift"
+DEFAULT_PRETRAINED = "sac-grip-grasp-lift"
 """The shipped bundle the demo uses unless told otherwise: the one that grasps most often
 on held-out objects (docs/BENCHMARKS.md, grasp-lift table)."""
 
@@ -91,7 +91,7 @@ def add_demo_parser(sub: Any, handler: Any) -> None:
         default=None,
         help=f"name of a shipped bundle (default {DEFAULT_PRETRAINED}; see assets/pretrained/)",
     )
-    p.add_argument("--algo", default="rma", help="algorithm for --train-quick")
+    p.add_argument("--algo", default="sac-grip", help="algorithm for --train-quick")
     p.add_argument("--split", default="test", help="held-out split of the object: test or hard")
     p.add_argument("--task-index", type=int, default=0, help="which fixed task of the split")
     p.add_argument("--episodes", type=int, default=3, help="K: calibration episodes")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
+
 Outcome = tuple[float, bool, bool] | tuple[float, bool, bool, bool]
 """``(grip force in N, lifted, crushed[, gripped])`` of one finished episode; ``gripped``
 (both pads squeezed the object at some point) is optional."""
@@ -41,3 +43,61 @@ def next_grip(outcomes: Sequence[Outcome], start: float, lo: float, hi: float) -
             lo = max(lo, force)
         grip = math.sqrt(lo * hi) if lo < hi else float(force)
     return float(grip)
+
+
+def next_grip_prior(
+    outcomes: Sequence[Outcome],
+    windows: np.ndarray,
+    start: float,
+    lo: float,
+    hi: float,
+    fail_rate: float = 0.25,
+    grid_points: int = 121,
+) -> float:
+    """The grip (N) most likely to lift the object after ``outcomes``, under a prior of
+    grip windows learned from training objects (a Bayesian version of :func:`next_grip`).
+
+    ``windows`` ``(n, 2)`` holds, per training object, the lowest commanded grip that
+    lifts it and the highest that does not crush it. Each outcome reweights them: a crush
+    at ``g`` means ``g`` is above the window; a drop means ``g`` is below it, or was inside
+    it and the motion failed (``fail_rate``, the share of episodes with the right grip that
+    fail anyway); a miss (``gripped`` False) says nothing. The next grip maximises the
+    weighted share of windows that contain it, on a log grid over ``[lo, hi]``; among equal
+    maxima, the middle one. A grip that lifted is kept, as in :func:`next_grip`; if no
+    window fits the outcomes, :func:`next_grip` decides.
+
+    Raises:
+        ValueError: as :func:`next_grip`, or ``windows`` is not ``(n, 2)`` with n > 0.
+    """
+    fallback = next_grip(outcomes, start, lo, hi)
+    w_lo, w_hi = _windows(windows)
+    # Misses say nothing about the force (the same grip again, as next_grip does).
+    told = [o for o in outcomes if not (len(o) > 3 and not o[3] and not o[2])]
+    if not told or any(o[1] for o in told):
+        return fallback
+    weight = np.ones(len(w_lo))
+    for force, _lifted, crushed, *_ in told:
+        above, below = force > w_hi, force < w_lo
+        if crushed:
+            weight *= np.where(above, 1.0, _NOISE)
+        else:  # dropped: too weak, or inside the window and the motion failed
+            weight *= np.where(below, 1.0, np.where(above, _NOISE, fail_rate))
+    if weight.max() <= _NOISE:
+        return fallback  # the outcomes fit no training object: fall back to bisection
+    grid = np.geomspace(lo, hi, grid_points)
+    inside = (grid[:, None] >= w_lo[None]) & (grid[:, None] <= w_hi[None])
+    score = inside.astype(np.float64) @ weight
+    best = np.flatnonzero(score >= score.max() * (1 - 1e-9))
+    return float(grid[best[len(best) // 2]])
+
+
+_NOISE = 1e-3
+"""Likelihood of an outcome the windows rule out (a crush below the window, ...): small,
+not zero, so that one unlikely episode does not erase every window."""
+
+
+def _windows(windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    w = np.asarray(windows, np.float64)
+    if w.ndim != 2 or w.shape[1] != 2 or len(w) == 0 or not np.isfinite(w).all():
+        raise ValueError(f"grip windows must be a finite (n, 2) array, got shape {w.shape}")
+    return w[:, 0], w[:, 1]

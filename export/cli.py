@@ -46,6 +46,13 @@ def add_export_parser(sub: Any, handler: Any) -> None:
         "step's action, and one adaptation per episode (0 = skip)",
     )
     p.add_argument(
+        "--set",
+        action="append",
+        metavar="algo.FIELD=VALUE",
+        help="acting-time algorithm setting baked into the bundle, e.g. "
+        "algo.search_rule=prior (sac-grip)",
+    )
+    p.add_argument(
         "--quality-seeds",
         type=int,
         default=5,
@@ -56,8 +63,13 @@ def add_export_parser(sub: Any, handler: Any) -> None:
 
 def run_export(args: argparse.Namespace) -> int:
     """CLI handler of ``metagrasp export``."""
+    from metagrasp.errors import ConfigError
     from metagrasp.export.exporter import export_run
+    from metagrasp.policies.cli import parse_overrides
 
+    overrides = parse_overrides(args.set)
+    if overrides["run"]:
+        raise ConfigError("export --set only takes algo.FIELD=VALUE (acting-time settings)")
     export_run(
         args.run,
         args.out,
@@ -66,5 +78,6 @@ def run_export(args: argparse.Namespace) -> int:
         random_inputs=args.random_inputs,
         real_episodes=args.real_episodes,
         quality_seeds=tuple(range(args.quality_seeds)),
+        algo_overrides=overrides["algo"] or None,
     )
     return 0

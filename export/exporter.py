@@ -131,6 +131,7 @@ def export_run(
     real_episodes: int = 100,
     quality_seeds: tuple[int, ...] = (0, 1, 2, 3, 4),
     log: Any = print,
+    algo_overrides: dict[str, Any] | None = None,
 ) -> ExportReport:
     """Export a trained run (see the module docstring).
 
@@ -144,6 +145,8 @@ def export_run(
         quality_seeds: seeds of the fp16/int8 success check (one episode per test task
             and seed, deterministic, unadapted).
         log: progress printer.
+        algo_overrides: acting-time algorithm settings (as ``eval --set``), validated by
+            the algorithm's config; they change the bundle's config hash.
 
     Raises:
         ExportError: the algorithm is not exportable, a check fails, or the quantised
@@ -157,7 +160,7 @@ def export_run(
     run_dir, out = Path(run_dir), Path(out)
     if out.suffix != ".onnx":
         raise ExportError(f"output {out} must end in .onnx")
-    algo, resolved, spec = load_trained(run_dir, checkpoint)
+    algo, resolved, spec = load_trained(run_dir, checkpoint, algo_overrides)
     ckpt = Path(checkpoint) if checkpoint else run_dir / "checkpoints" / "last.pt"
     plan = _plan(algo)
     meta = bundle_metadata(plan, spec, resolved, run_dir, ckpt)

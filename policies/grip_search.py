@@ -46,15 +46,21 @@ import torch
 
 from metagrasp.actions import grip_action
 from metagrasp.errors import ConfigError
-from metagrasp.grip_search import next_grip
+from metagrasp.grip_search import next_grip, next_grip_prior
 from metagrasp.policies.base import EnvSpec
 from metagrasp.policies.collect import Episodes
 from metagrasp.policies.sac import SAC, SACConfig
 from metagrasp.policies.sampler import BoundPolicy, Rollout, as_sampler
-from metagrasp.sim.scripted import BEST_FIXED_GRIP_N, GRIP_FORCE_MIN, privileged_grips
+from metagrasp.sim.scripted import (
+    BEST_FIXED_GRIP_N,
+    GRIP_FORCE_MIN,
+    privileged_grips,
+    training_grip_windows,
+)
 from metagrasp.sim.tasks import GRIP_FORCE_MAX
 
 ACT_WITH = ("search", "fixed", "oracle")
+RULES = ("bisect", "prior")
 
 
 @dataclass
@@ -68,6 +74,16 @@ class GripSearchConfig(SACConfig):
     line, as RMA's ``teacher``)."""
     start_grip_n: float = BEST_FIXED_GRIP_N
     """Squeeze per pad (N) of the first episode on a new object: the best single grip."""
+    search_rule: str = "bisect"
+    """Meta-test search: ``bisect`` (:func:`~metagrasp.grip_search.next_grip`: the log
+    midpoint between the last drop and the last crush) or ``prior``
+    (:func:`~metagrasp.grip_search.next_grip_prior`: the grip most likely to lift, under
+    the grip windows of ``prior_objects`` training objects reweighted by the outcomes)."""
+    prior_objects: int = 1000
+    """``search_rule=prior``: training objects drawn for the prior (seeded, fixed)."""
+    prior_fail_rate: float = 0.25
+    """``search_rule=prior``: share of episodes that drop the object although its grip was
+    right (the motion failed); the scripted grasp at the privileged grip: 0.25 on test."""
     retry_misses: bool = False
     """Meta-test: an episode in which the pads never squeezed the object (a miss) leaves
     the grip as it was, instead of counting as a drop (more force next time)."""
@@ -84,6 +100,13 @@ class GripSearchConfig(SACConfig):
             raise ConfigError(
                 f"algo.start_grip_n={self.start_grip_n} is outside the gripper's "
                 f"{GRIP_FORCE_MIN}-{GRIP_FORCE_MAX} N"
+            )
+        if self.search_rule not in RULES:
+            raise ConfigError(f"algo.search_rule={self.search_rule!r}; allowed: {list(RULES)}")
+        if self.prior_objects < 1 or not 0 < self.prior_fail_rate < 1:
+            raise ConfigError(
+                "algo.prior_objects must be >= 1 and algo.prior_fail_rate in (0, 1), got "
+                f"{self.prior_objects}, {self.prior_fail_rate}"
             )
         if self.init_from:
             raise ConfigError("algo.init_from is for sac-oracle; remove it for sac-grip")
@@ -236,8 +259,13 @@ class GripSearch(SAC):
                 "low_n": GRIP_FORCE_MIN,
                 "high_n": GRIP_FORCE_MAX,
                 "retry_misses": self.config.retry_misses,
+                "rule": self.config.search_rule,
             },
         }
+        if self.config.search_rule == "prior":
+            # The prior travels in the bundle: the device has no simulator to draw it from.
+            adaptation["settings"]["fail_rate"] = self.config.prior_fail_rate
+            adaptation["settings"]["windows"] = self.prior_windows().tolist()
         init = {"grip": torch.full((1, 1), start)}
         return ExportPlan(self.name, [graph], init_state=init, adaptation=adaptation)
 
@@ -276,9 +304,24 @@ class GripSearch(SAC):
             ]
             for i in range(len(state["grip"]))
         ]
-        lo, hi = GRIP_FORCE_MIN, GRIP_FORCE_MAX
-        grip = np.array([next_grip(o, self.config.start_grip_n, lo, hi) for o in outcomes])
+        grip = np.array([self._next_grip(o) for o in outcomes])
         return {"grip": grip, "tried": tried}
+
+    def _next_grip(self, outcomes: list[tuple]) -> float:
+        """The configured search rule on one member's outcomes."""
+        cfg, lo, hi = self.config, GRIP_FORCE_MIN, GRIP_FORCE_MAX
+        if cfg.search_rule == "bisect":
+            return next_grip(outcomes, cfg.start_grip_n, lo, hi)
+        windows, fail = self.prior_windows(), cfg.prior_fail_rate
+        return next_grip_prior(outcomes, windows, cfg.start_grip_n, lo, hi, fail)
+
+    def prior_windows(self) -> np.ndarray:
+        """The training objects' grip windows of ``search_rule=prior`` (computed once)."""
+        if getattr(self, "_windows", None) is None:
+            # Rounded as the bundle stores them, so the device searches on the same prior.
+            windows = training_grip_windows(self.config.prior_objects, seed=0)
+            self._windows = np.round(windows, 6)
+        return self._windows
 
 
 class GripSearchDR(GripSearch):

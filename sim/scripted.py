@@ -194,6 +194,22 @@ def privileged_grips(task_vectors: np.ndarray) -> np.ndarray:
     return _grip_in(*grip_window(task_vectors))
 
 
+def training_grip_windows(n: int = 2000, seed: int = 0) -> np.ndarray:
+    """``(n, 2)``: per object drawn from the training distribution, the lowest commanded
+    grip (N per pad) that lifts it and the highest that does not crush it, after its
+    actuator gain: the prior of :func:`metagrasp.grip_search.next_grip_prior`."""
+    from metagrasp.sim.tasks import sample_task
+
+    rng = np.random.default_rng(seed)
+    tasks = [sample_task(rng, "train") for _ in range(n)]
+    return np.array(
+        [
+            (t.required_grip_force() / t.actuator_gain, t.crush_limit / t.actuator_gain)
+            for t in tasks
+        ]
+    )
+
+
 def _grip_in(required, crush, gain):
     want = np.sqrt(required * np.minimum(crush, GRIP_FORCE_MAX))
     return np.clip(want / gain, GRIP_FORCE_MIN, GRIP_FORCE_MAX)

@@ -78,9 +78,7 @@ def test_the_shipped_bundles_are_installed_with_the_package():
         assert bundle.metadata["algorithm"] in folder.name
 
 
-def test_the_demo_calibrates_a_grip_search_bundle_with_the_simulator_as_operator(
-    tmp_path, capsys
-):
+def test_the_demo_calibrates_a_grip_search_bundle_with_the_simulator_as_operator(tmp_path, capsys):
     """A sac-grip bundle needs a crush judgement per episode: on the virtual robot,
     without --max-grip, the simulator answers calibrate --ask's two questions."""
     from tests.test_calibrate import _grip_bundle

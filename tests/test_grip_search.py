@@ -205,6 +205,23 @@ def test_cli_trains_evaluates_and_exports_a_bundle_that_searches_the_grip(tmp_pa
         assert 0 < squeeze.sum() < 200  # both signs: opening passes through unchanged
         want = grip_action(min(grip, 20.0) / 20.0)
         np.testing.assert_allclose(g[squeeze, -1], want, rtol=1e-6)
+    # The prior search exports too (the training objects' windows in the bundle), and
+    # the device's choice is the algorithm's.
+    prior = tmp_path / "p" / "policy.onnx"
+    assert main(["export", str(run), "-o", str(prior), "--real-episodes", "4",
+                 "--set", "algo.search_rule=prior"]) == 0  # fmt: skip
+    pb = load_bundle(prior)
+    assert pb.adaptation["settings"]["rule"] == "prior"
+    assert len(pb.adaptation["settings"]["windows"]) == 1000
+    env, algo, _ = tiny(search_rule="prior")
+    env.close()
+    state = algo.init_state(2)
+    for i in range(len(flags)):
+        state = algo.adapt(state, [outcomes(*f) for f in flags[: i + 1]])
+        got = pb.adapt(pb.init_state(2), eps[: i + 1])["grip"][:, 0]
+        np.testing.assert_allclose(got, state["grip"], rtol=1e-6)
+        if i == 0:  # crushed at 4 N: not the bisection's log midpoint of 0.5-4 N
+            assert 1.0 < state["grip"][0] < 4.0 and state["grip"][0] != pytest.approx(2**0.5)
     with pytest.raises(BundleInputError, match="lacks \\['crushed'\\]"):
         bundle.adapt(bundle.init_state(), [{"lifted": True}])
     with pytest.raises(BundleInputError, match="True/False"):
@@ -315,3 +332,34 @@ def test_episodes_say_whether_the_pads_ever_squeezed_the_object():
     env.close()
     assert grasped.gripped.tolist() == [True, True] and not opened.gripped.any()
     assert grasped.select(np.array([1])).gripped.tolist() == [True]
+
+
+def test_the_prior_search_picks_the_grip_most_windows_consistent_with_the_outcomes_hold():
+    from metagrasp.grip_search import next_grip_prior
+
+    windows = np.array([[2.0, 3.0], [2.5, 3.5], [6.0, 9.0], [0.6, 0.9]])
+    args = (4.0, 0.5, 20.0)
+    assert next_grip_prior([], windows, *args) == 4.0
+    assert next_grip_prior([(4.0, True, False)], windows, *args) == 4.0  # a lift is kept
+    # Crushed at 4 N: the windows below 4 remain; most of their weight is at 2.5-3 N.
+    after_crush = next_grip_prior([(4.0, False, True)], windows, *args)
+    assert 2.5 <= after_crush <= 3.0
+    # Dropped at 4 N: above the window [6, 9], or the motion failed inside none of them.
+    assert 6.0 <= next_grip_prior([(4.0, False, False)], windows, *args) <= 9.0
+    # A miss says nothing: the same grip again; after a crush too, the miss is ignored.
+    assert next_grip_prior([(4.0, False, False, False)], windows, *args) == 4.0
+    crush_miss = [(4.0, False, True), (after_crush, False, False, False)]
+    assert next_grip_prior(crush_miss, windows, *args) == after_crush
+    # Outcomes no training window explains: the plain bisection decides.
+    odd = [(0.5, False, True)]
+    assert next_grip_prior(odd, windows, *args) == next_grip(odd, *args)
+    with pytest.raises(ValueError, match="windows"):
+        next_grip_prior([(4.0, False, True)], np.zeros((0, 2)), *args)
+
+
+def test_training_grip_windows_hold_each_objects_privileged_grip():
+    from metagrasp.sim.scripted import training_grip_windows
+
+    w = training_grip_windows(200, seed=1)
+    assert w.shape == (200, 2) and (w[:, 0] < w[:, 1]).all()
+    np.testing.assert_array_equal(w, training_grip_windows(200, seed=1))  # seeded
