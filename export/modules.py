@@ -163,6 +163,7 @@ class GripPolicy(nn.Module):
         force_range: tuple[float, float],
         min_fraction: float,
         fixed_grip: tuple[np.ndarray, float] | None = None,
+        guard: dict[str, float] | None = None,
     ) -> None:
         super().__init__()
         self.norm = Normalizer(norm)
@@ -173,6 +174,8 @@ class GripPolicy(nn.Module):
         self.mid = math.sqrt(self.lo * self.hi)
         self.half = math.log(math.sqrt(self.hi / self.lo))
         self.min_fraction = min_fraction
+        self.guard = guard
+        """``squeeze_guard``'s constants (obs indices, gripper range, held proxy), or None."""
         self.fixed = fixed_grip is not None
         if fixed_grip is not None:  # (encoded input (1, 1), gripper action)
             self.register_buffer("fixed_input", torch.as_tensor(fixed_grip[0]).float())
@@ -194,8 +197,15 @@ class GripPolicy(nn.Module):
         a = torch.clamp(torch.tanh(mu), -1.0, 1.0)
         i = self.gripper
         col = a[:, i : i + 1]
-        squeeze = torch.where(col > 0, torch.full_like(col, 1.0) * cmd, col)
-        return torch.cat([a[:, :i], squeeze, a[:, i + 1 :]], -1)
+        squeeze = col > 0
+        if self.guard is not None:  # closes_on_held_object, in the graph
+            c = self.guard
+            q, load, opening = (obs[:, int(c[k]) : int(c[k]) + 1] for k in ("q", "load", "opening"))
+            target = c["stop"] + (-col) * (c["open"] - c["stop"])
+            held = (load >= c["min_load"]) & (opening >= c["min_opening"])
+            squeeze = squeeze | ((col <= 0) & (target < q) & held)
+        col = torch.where(squeeze, torch.full_like(col, 1.0) * cmd, col)
+        return torch.cat([a[:, :i], col, a[:, i + 1 :]], -1)
 
 
 # --- graph specs ----------------------------------------------------------------------

@@ -44,7 +44,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from metagrasp.actions import grip_action
+from metagrasp.actions import OBS_NAMES, ActionMapConfig, grip_action
 from metagrasp.errors import ConfigError
 from metagrasp.grip_search import next_grip, next_grip_prior
 from metagrasp.policies.base import EnvSpec
@@ -87,6 +87,12 @@ class GripSearchConfig(SACConfig):
     retry_misses: bool = False
     """Meta-test: an episode in which the pads never squeezed the object (a miss) leaves
     the grip as it was, instead of counting as a drop (more force next time)."""
+    squeeze_guard: bool = False
+    """A gripper value ``g <= 0`` is a position target at *full* current: on an object the
+    fingers already hold, one that closes them further squeezes at up to 20 N whatever the
+    command. With the guard such a value (load >= 3 %, opening >= 6 mm, target narrower
+    than the fingers now) squeezes at the command instead. Without it, every crush of the
+    oracle line on ``test`` (5 % of its episodes) followed such a value."""
     command_jitter: float = 0.0
     """Training only: each member's command is its privileged grip times
     ``exp(command_jitter * N(0, 1))``, drawn per episode (0 = exact). The search tries
@@ -112,6 +118,23 @@ class GripSearchConfig(SACConfig):
             raise ConfigError("algo.init_from is for sac-oracle; remove it for sac-grip")
         if self.command_jitter < 0:
             raise ConfigError(f"algo.command_jitter={self.command_jitter} must be >= 0")
+
+
+GUARD_MIN_LOAD, GUARD_MIN_OPENING = 0.03, 0.006
+"""``squeeze_guard``: the object counts as held from this gripper load (fraction of full)
+and finger opening (m), the device's grasp proxy (:class:`metagrasp.adapt.reward.RewardConfig`)."""
+_Q_GRIP, _OPENING, _LOAD = (
+    OBS_NAMES.index(n) for n in ("q_gripper", "gripper_opening", "gripper_effort")
+)
+
+
+def closes_on_held_object(g: np.ndarray, obs: np.ndarray) -> np.ndarray:
+    """Rows whose gripper value ``g <= 0`` sets a position target narrower than the
+    fingers' position now while they hold something (see ``squeeze_guard``)."""
+    c = ActionMapConfig()
+    target = c.grip_stop + (-g) * (c.grip_open - c.grip_stop)
+    held = (obs[:, _LOAD] >= GUARD_MIN_LOAD) & (obs[:, _OPENING] >= GUARD_MIN_OPENING)
+    return (g <= 0) & (target < obs[:, _Q_GRIP]) & held
 
 
 def encode_grip(grip_n: np.ndarray) -> np.ndarray:
@@ -191,12 +214,18 @@ class GripSearch(SAC):
         """The gripper action that squeezes with ``grip_n`` per pad."""
         return grip_action(grip_n / GRIP_FORCE_MAX)
 
-    def apply_grip(self, raw: np.ndarray, grips: np.ndarray) -> np.ndarray:
+    def apply_grip(
+        self, raw: np.ndarray, grips: np.ndarray, obs: np.ndarray | None = None
+    ) -> np.ndarray:
         """The env's action: the network's, with every squeeze (gripper ``g > 0``) at the
-        commanded force; opening and position targets (``g <= 0``) pass unchanged."""
+        commanded force; opening and position targets (``g <= 0``) pass unchanged, except,
+        with ``squeeze_guard`` and ``obs``, one that would close on a held object."""
         out = np.array(raw, np.float32, copy=True)
         g_cmd = np.array([self._squeeze(f) for f in grips], np.float32)
-        squeeze = out[:, self._gripper] > 0
+        g = out[:, self._gripper]
+        squeeze = g > 0
+        if self.config.squeeze_guard and obs is not None:
+            squeeze |= closes_on_held_object(g, obs)
         out[squeeze, self._gripper] = g_cmd[squeeze]
         return out
 
@@ -209,7 +238,7 @@ class GripSearch(SAC):
         """The env's action for ``obs`` with the squeeze ``grips`` (N, clamped to the
         gripper's range, as the exported graph does)."""
         grips = np.clip(grips, GRIP_FORCE_MIN, GRIP_FORCE_MAX)
-        return self.apply_grip(self._act_raw(obs, grips, deterministic), grips)
+        return self.apply_grip(self._act_raw(obs, grips, deterministic), grips, obs)
 
     def export_modules(self) -> Any:
         """The policy graph with a ``grip`` state entry and, for ``act_with=search``, the
@@ -237,8 +266,14 @@ class GripSearch(SAC):
         start = float(self.config.start_grip_n)
         fixed = None if search else (encode_grip(np.array([start])), self._squeeze(start))
         force_range = (GRIP_FORCE_MIN, GRIP_FORCE_MAX)
+        guard = None
+        if self.config.squeeze_guard:
+            c = ActionMapConfig()
+            guard = {"q": _Q_GRIP, "load": _LOAD, "opening": _OPENING, "stop": c.grip_stop}
+            guard |= {"open": c.grip_open, "min_load": GUARD_MIN_LOAD}
+            guard["min_opening"] = GUARD_MIN_OPENING
         module = GripPolicy(
-            self.actor, self.norm, self._gripper, force_range, GRIP_MIN_FRACTION, fixed
+            self.actor, self.norm, self._gripper, force_range, GRIP_MIN_FRACTION, fixed, guard
         )
 
         def reference(obs: torch.Tensor, *grip: torch.Tensor) -> tuple[torch.Tensor]:
@@ -357,6 +392,6 @@ def _behaviour_policy(algo: GripSearch, per_member: dict[str, Any], n: int) -> B
             raw = algo.rng.uniform(-1, 1, (len(obs), algo.spec.act_dim)).astype(np.float32)
         else:
             raw = algo._act_raw(obs, grips)
-        return algo.apply_grip(raw, grips), {"raw_action": raw, "grip_n": grips}
+        return algo.apply_grip(raw, grips, obs), {"raw_action": raw, "grip_n": grips}
 
     return BoundPolicy(policy)

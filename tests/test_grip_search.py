@@ -363,3 +363,33 @@ def test_training_grip_windows_hold_each_objects_privileged_grip():
     w = training_grip_windows(200, seed=1)
     assert w.shape == (200, 2) and (w[:, 0] < w[:, 1]).all()
     np.testing.assert_array_equal(w, training_grip_windows(200, seed=1))  # seeded
+
+
+def test_the_squeeze_guard_caps_a_position_target_that_closes_on_a_held_object():
+    """g <= 0 is a position target at full current: with the guard, one narrower than the
+    fingers now, while they hold something, squeezes at the command instead; the graph
+    does the same."""
+    from metagrasp.actions import OBS_NAMES, grip_action
+    from metagrasp.export.parity import graph_parity
+    from metagrasp.export.writer import trace
+    from metagrasp.policies.grip_search import closes_on_held_object
+
+    obs = np.zeros((4, len(OBS_NAMES)), np.float32)
+    names = ("q_gripper", "gripper_opening", "gripper_effort")
+    i_q, i_open, i_load = (OBS_NAMES.index(n) for n in names)
+    obs[:, i_q], obs[:, i_open], obs[:, i_load] = 0.02, 0.03, 0.08  # holding, 2 cm travel
+    obs[3, i_load] = 0.0  # not holding
+    g = np.array([-0.2, -0.9, 0.4, -0.2], np.float32)  # closer, wider, a squeeze, closer
+    np.testing.assert_array_equal(closes_on_held_object(g, obs), [True, False, False, False])
+    env, algo, _ = tiny(squeeze_guard=True)
+    env.close()
+    raw = np.zeros((4, 6), np.float32)
+    raw[:, -1] = g
+    out = algo.apply_grip(raw, np.full(4, 2.0), obs)
+    want = grip_action(2.0 / 20.0)
+    np.testing.assert_allclose(out[:, -1], [want, -0.9, want, -0.2], rtol=1e-6)
+    algo.config.squeeze_guard = False
+    assert algo.apply_grip(raw, np.full(4, 2.0), obs)[0, -1] == pytest.approx(-0.2)
+    algo.config.squeeze_guard = True
+    graph = algo.export_modules().graph("policy")
+    assert graph_parity(graph, trace(graph), 500)["max_abs_diff"] < 1e-5
