@@ -58,6 +58,12 @@ def _tasks(split: str, n: int) -> list[Any]:
     return [tasks[i] for i in idx]
 
 
+def _needs_crush(bundle: Any) -> bool:
+    """A grip-search bundle: calibration needs a crush judgement per episode; without
+    ``--known-grip-limit`` the simulator answers as the operator (as ``metagrasp demo``)."""
+    return "crushed" in bundle.adaptation.get("episode_fields", ())
+
+
 def _robot_run(
     path: str,
     task: Any,
@@ -71,6 +77,7 @@ def _robot_run(
 
     bundle = load_bundle(path)
     oracle = "task" in bundle.graphs["policy"].inputs
+    operator = operator or (_needs_crush(bundle) and not known_limit)
     vr = VirtualRobot(virtual_arm_config("feetech"), task=task).start()
     aborted = 0
     try:
@@ -220,7 +227,7 @@ def main() -> int:
         "--operator",
         action="store_true",
         help="calibrate with --ask, answered from the simulator's success and crush flags "
-        "(a grip-search bundle needs a crush judgement: this or --known-grip-limit)",
+        "(every bundle; a grip-search bundle gets it anyway unless --known-grip-limit)",
     )
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -254,6 +261,8 @@ def main() -> int:
             "path": path,
             "algorithm": meta.get("algorithm"),
             "reward_free": load_bundle(path).reward_free,
+            "operator": args.operator
+            or (_needs_crush(load_bundle(path)) and not args.known_grip_limit),
             "adapt_time_k3": _adapt_time(path, args.time_calls),
             "splits": {},
         }

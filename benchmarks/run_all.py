@@ -55,6 +55,7 @@ import report_render as render
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "benchmarks"
 SHIPPED_BUNDLES = [
+    "sac-grip=assets/pretrained/sac-grip-grasp-lift/policy.onnx",
     "pearl=assets/pretrained/pearl-grasp-lift/policy.onnx",
     "rma=assets/pretrained/rma-grasp-lift/policy.onnx",
 ]

@@ -87,12 +87,13 @@ class GripSearchConfig(SACConfig):
     retry_misses: bool = False
     """Meta-test: an episode in which the pads never squeezed the object (a miss) leaves
     the grip as it was, instead of counting as a drop (more force next time)."""
-    squeeze_guard: bool = False
+    squeeze_guard: bool = True
     """A gripper value ``g <= 0`` is a position target at *full* current: on an object the
     fingers already hold, one that closes them further squeezes at up to 20 N whatever the
     command. With the guard such a value (load >= 3 %, opening >= 6 mm, target narrower
     than the fingers now) squeezes at the command instead. Without it, every crush of the
-    oracle line on ``test`` (5 % of its episodes) followed such a value."""
+    oracle line on ``test`` (5 % of its episodes) followed such a value, and a crush
+    misled the search into a weaker grip (docs/BENCHMARKS.md, "squeeze guard")."""
     command_jitter: float = 0.0
     """Training only: each member's command is its privileged grip times
     ``exp(command_jitter * N(0, 1))``, drawn per episode (0 = exact). The search tries
