@@ -93,7 +93,8 @@ class GripSearchConfig(SACConfig):
     command. With the guard such a value (load >= 3 %, opening >= 6 mm, target narrower
     than the fingers now) squeezes at the command instead. Without it, every crush of the
     oracle line on ``test`` (5 % of its episodes) followed such a value, and a crush
-    misled the search into a weaker grip (docs/BENCHMARKS.md, "squeeze guard")."""
+    misled the search into a weaker grip (docs/BENCHMARKS.md, "squeeze guard"). It acts
+    when acting (meta-test, export), not in training collection."""
     command_jitter: float = 0.0
     """Training only: each member's command is its privileged grip times
     ``exp(command_jitter * N(0, 1))``, drawn per episode (0 = exact). The search tries
@@ -393,6 +394,8 @@ def _behaviour_policy(algo: GripSearch, per_member: dict[str, Any], n: int) -> B
             raw = algo.rng.uniform(-1, 1, (len(obs), algo.spec.act_dim)).astype(np.float32)
         else:
             raw = algo._act_raw(obs, grips)
-        return algo.apply_grip(raw, grips, obs), {"raw_action": raw, "grip_n": grips}
+        # Without the squeeze guard (no obs): it acts at meta-test and on the device only;
+        # the runs it was measured on learned without it (docs/BENCHMARKS.md).
+        return algo.apply_grip(raw, grips), {"raw_action": raw, "grip_n": grips}
 
     return BoundPolicy(policy)
