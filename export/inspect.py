@@ -28,6 +28,12 @@ def describe(bundle: PolicyBundle) -> str:
     m = bundle.metadata
     run = m.get("run", {})
     ad = bundle.adaptation
+    # Long lists (a grip-search prior's windows) as their length, not a thousand numbers.
+    settings = {
+        k: f"<{len(v)} entries>" if isinstance(v, list) and len(v) > 8 else v
+        for k, v in ad.get("settings", {}).items()
+    }
+    needs = ad.get("episode_fields")
     lines = [
         f"bundle      {bundle.path}",
         f"format      {m['format_version']} (opset {m.get('opset')}, {m.get('precision')})",
@@ -37,7 +43,8 @@ def describe(bundle: PolicyBundle) -> str:
         f"config hash {m.get('config_hash')}",
         f"control     {m.get('control_hz')} Hz, episodes of {m.get('episode_length')} steps",
         f"adaptation  {ad.get('kind')} (reward_free={bundle.reward_free}, "
-        f"restart={ad.get('restart')}) {json.dumps(ad.get('settings', {}))}",
+        f"restart={ad.get('restart')}) {json.dumps(settings)}"
+        + (f"; per episode it needs {', '.join(needs)}" if needs else ""),
         f"exploration {m.get('exploration')}",
         f"state       {json.dumps(m.get('state', {}))}",
         f"joints      {', '.join(m.get('joint_names', [])) or '-'}",
