@@ -393,3 +393,26 @@ def test_the_squeeze_guard_caps_a_position_target_that_closes_on_a_held_object()
     algo.config.squeeze_guard = True
     graph = algo.export_modules().graph("policy")
     assert graph_parity(graph, trace(graph), 500)["max_abs_diff"] < 1e-5
+
+
+def test_a_bundle_with_retry_misses_needs_the_gripped_flag_and_retries_a_miss(tmp_path):
+    from metagrasp.adapt.runtime import BundleInputError, load_bundle
+    from metagrasp.export.metadata import env_facts
+    from metagrasp.export.writer import write_bundle
+
+    env, algo, _ = tiny(retry_misses=True)
+    spec = algo.spec
+    env.close()
+    plan = algo.export_modules()
+    assert plan.adaptation["episode_fields"] == ["lifted", "crushed", "gripped"]
+    meta = {"algorithm": "sac-grip", "obs_names": list(spec.obs_names),
+            "action_names": list(spec.action_names), "adaptation": plan.adaptation,
+            "exploration": plan.exploration, **env_facts(spec)}  # fmt: skip
+    write_bundle(plan, meta, tmp_path / "policy.onnx")
+    bundle = load_bundle(tmp_path / "policy.onnx")
+    miss = {"lifted": False, "crushed": False, "gripped": False}
+    drop = {**miss, "gripped": True}
+    assert bundle.adapt(bundle.init_state(), [miss])["grip"][0, 0] == 4.0  # the same again
+    assert bundle.adapt(bundle.init_state(), [drop])["grip"][0, 0] > 4.0
+    with pytest.raises(BundleInputError, match="gripped"):
+        bundle.adapt(bundle.init_state(), [{"lifted": False, "crushed": False}])
