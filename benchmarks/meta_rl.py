@@ -123,6 +123,13 @@ def split_line(line: str) -> tuple[str, dict[str, Any]]:
     return algo, parse_overrides(items)["algo"]
 
 
+def _acting_config(algo: Any) -> dict[str, Any]:
+    """The algorithm's whole config, defaults included, as JSON reads it back."""
+    import dataclasses
+
+    return json.loads(json.dumps(dataclasses.asdict(algo.config), default=str))
+
+
 def evaluate(run: Path, split: str, args: argparse.Namespace, line: str = "") -> dict[str, Any]:
     """The meta-test protocol on one run (cached in RUN/eval-SPLIT[-SETTINGS]/results.json)."""
     from metagrasp.policies.evaluate import meta_test, summarise, write_results
@@ -132,13 +139,18 @@ def evaluate(run: Path, split: str, args: argparse.Namespace, line: str = "") ->
     suffix = "".join(f"-{k}={v}" for k, v in sorted(settings.items()))
     suffix += "-deterministic" if args.deterministic else ""
     cache = run / f"eval-{split}{suffix}" / "results.json"
+    algo, resolved, spec = load_trained(run, None, settings)
     if cache.exists():
         cached = json.loads(cache.read_text())
-        if cached["episodes_per_task"] == args.episodes_per_task and cached["seeds"] == list(
-            args.eval_seeds
+        # The settings in the folder name are only those given; a default that changed
+        # since (e.g. sac-grip's squeeze_guard) would make the cache stale, so the whole
+        # acting config must match. Caches written before it was stored are redone.
+        if (
+            cached["episodes_per_task"] == args.episodes_per_task
+            and cached["seeds"] == list(args.eval_seeds)
+            and cached.get("algo_config") == _acting_config(algo)
         ):
             return cached
-    algo, resolved, spec = load_trained(run, None, settings)
     raw = meta_test(
         algo,
         spec,
@@ -150,6 +162,7 @@ def evaluate(run: Path, split: str, args: argparse.Namespace, line: str = "") ->
     )
     summary = summarise(raw)
     summary["algo"], summary["run"] = line or resolved["run"]["algo"], str(run)
+    summary["algo_config"] = _acting_config(algo)
     write_results(summary, cache.parent)
     return summary
 

@@ -57,6 +57,19 @@ def test_warm_started_oracle_with_its_own_settings_trains_from_the_dr_run(tmp_pa
     sampled = json.loads((dr_run / "eval-test" / "results.json").read_text())
     assert mean["deterministic"] is True and sampled["deterministic"] is False
 
+    # A cache made under another acting config (a default changed since) is redone.
+    assert mean["algo_config"]["demo_fraction"] == 0.5
+    path = dr_run / "eval-test-deterministic" / "results.json"
+    path.write_text(json.dumps({**mean, "algo_config": {**mean["algo_config"], "lr": 9.0}}))
+    res = _meta_rl(
+        "--task", "point-nav", "--preset", "quick",
+        "--algos", "sac", "--dr", "sac", "--oracle", "sac", "--deterministic",
+        "--splits", "test", "--episodes-per-task", "1", "--workers", "0",
+        *sets, "--out", str(tmp_path),
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert json.loads(path.read_text())["algo_config"] == mean["algo_config"]
+
 
 def test_warm_start_and_train_set_name_trained_algorithms(tmp_path):
     base = ["--task", "point-nav", "--algos", "sac", "--dr", "sac", "--oracle", "sac"]
