@@ -83,7 +83,8 @@ GRASP_LIFT_DEMOS_ARGS = [
 # sac-grip (strategy optimisation over the grip force) against its own DR line (the same
 # network at the best single grip) and its oracle (the same network given the privileged
 # grip), beside the SAC lines with demonstrations; keep equal to BENCHMARKS.md's
-# "Grip search" command.
+# "Grip search" command, with the three training seeds of its 2026-12-01 update (the
+# squeeze guard is the default there).
 GRASP_LIFT_GRIP_ARGS = [
     "--task", "grasp-lift", "--preset", "default",
     "--algos", "sac", "sac-oracle", "sac-grip-dr", "sac-grip", "sac-grip:act_with=fixed",
@@ -91,7 +92,7 @@ GRASP_LIFT_GRIP_ARGS = [
     "--dr", "sac-grip-dr", "--oracle", "sac-grip:act_with=oracle",
     "--train-set", "sac:algo.demo_episodes=1000,run.total_env_steps=400000",
     "--train-set", "sac-oracle:algo.demo_episodes=1000,run.total_env_steps=400000",
-    "--seeds", "0", "1", "--eval-seeds", "0", "1",
+    "--seeds", "0", "1", "2", "--eval-seeds", "0", "1",
 ]  # fmt: skip
 QUICK_TRAIN_SET = {"run.total_env_steps": "1600", "algo.demo_episodes": "2"}
 """What ``--quick`` makes of a line's own training settings (``meta_rl.py --train-set``)."""
