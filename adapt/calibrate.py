@@ -371,7 +371,7 @@ def calibrate(
         )
         + (" (reward-free adaptation)" if bundle.reward_free and bundle.adapts else "")
     )
-    needs_crush = "crushed" in bundle.adaptation.get("episode_fields", ())
+    needs_crush = bundle.needs_crush_judgement
     if needs_crush and not config.ask and config.reward.max_grip_n is None:
         raise ConfigError(
             f"the {meta.get('algorithm')} bundle searches the grip from whether each "

@@ -237,6 +237,12 @@ class PolicyBundle:
         """Whether :meth:`adapt` changes anything (an adapt graph, or the grip search)."""
         return "adapt" in self.graphs or self.adaptation.get("kind") == "grip_search"
 
+    @property
+    def needs_crush_judgement(self) -> bool:
+        """Whether :meth:`adapt` needs each episode's ``crushed`` flag (a grip search):
+        something the device sees only when told the object's limit, or from an operator."""
+        return "crushed" in self.adaptation.get("episode_fields", ())
+
     def init_state(self, n: int = 1) -> State:
         """The unadapted state for ``n`` members (a fresh task)."""
         if "init" not in self.graphs:

@@ -58,12 +58,6 @@ def _tasks(split: str, n: int) -> list[Any]:
     return [tasks[i] for i in idx]
 
 
-def _needs_crush(bundle: Any) -> bool:
-    """A grip-search bundle: calibration needs a crush judgement per episode; without
-    ``--known-grip-limit`` the simulator answers as the operator (as ``metagrasp demo``)."""
-    return "crushed" in bundle.adaptation.get("episode_fields", ())
-
-
 def _robot_run(
     path: str,
     task: Any,
@@ -77,7 +71,6 @@ def _robot_run(
 
     bundle = load_bundle(path)
     oracle = "task" in bundle.graphs["policy"].inputs
-    operator = operator or (_needs_crush(bundle) and not known_limit)
     vr = VirtualRobot(virtual_arm_config("feetech"), task=task).start()
     aborted = 0
     try:
@@ -256,13 +249,15 @@ def main() -> int:
         }
         print(f"{name}: adapt K=3 {results['adapt_time_only'][name]}", flush=True)
     for name, path in bundles.items():
-        meta = load_bundle(path).metadata
+        bundle = load_bundle(path)
+        # A grip search needs a crush judgement per episode: without the known limit the
+        # simulator answers as the operator (as `metagrasp demo` does).
+        operator = args.operator or (bundle.needs_crush_judgement and not args.known_grip_limit)
         entry: dict[str, Any] = {
             "path": path,
-            "algorithm": meta.get("algorithm"),
-            "reward_free": load_bundle(path).reward_free,
-            "operator": args.operator
-            or (_needs_crush(load_bundle(path)) and not args.known_grip_limit),
+            "algorithm": bundle.metadata.get("algorithm"),
+            "reward_free": bundle.reward_free,
+            "operator": operator,
             "adapt_time_k3": _adapt_time(path, args.time_calls),
             "splits": {},
         }
@@ -273,7 +268,7 @@ def main() -> int:
             for task in _tasks(split, args.tasks):
                 t0 = time.monotonic()
                 with tempfile.TemporaryDirectory() as tmp:
-                    limit, operator = args.known_grip_limit, args.operator
+                    limit = args.known_grip_limit
                     r = _robot_run(path, task, args.k_max, loop, Path(tmp), limit, operator)
                 aborted += r["aborted"]
                 for key in ("device", "sim_flag", "dev_ret", "sim_ret", "crushed"):

@@ -312,8 +312,7 @@ def run_demo(args: argparse.Namespace) -> int:
             f"--eval-episodes {args.eval_episodes} --out {cal_file}"
         )
         ask, answer = args.ask, input
-        needs_crush = "crushed" in bundle.adaptation.get("episode_fields", ())
-        if vr is not None and needs_crush and not ask and args.max_grip is None:
+        if vr is not None and bundle.needs_crush_judgement and not ask and args.max_grip is None:
             # A grip search needs a crush judgement per episode; on a real arm the
             # operator gives it (--ask), here the simulator plays the operator.
             ask, answer = True, vr.answer

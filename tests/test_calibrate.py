@@ -45,24 +45,32 @@ pytestmark = [
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _cavia_bundle(path, seed=0):
-    """A small CAVIA grasp bundle: gradient adaptation that needs rewards and explore()."""
-    spec = EnvSpec("grasp-lift", 33, 6, 11, 100, OBS_NAMES, EE_ACTION_NAMES)
-    algo = CAVIA(CAVIAConfig(inner_steps=1), spec, seed)
-    with torch.no_grad():
-        for p in algo.net.parameters():
-            p.mul_(0.1)  # small actions: the untrained arm moves gently
-    plan = algo.export_modules()
+GRASP_SPEC = EnvSpec("grasp-lift", 33, 6, 11, 100, OBS_NAMES, EE_ACTION_NAMES)
+"""The grasp families' spec, for bundles of untrained algorithms."""
+
+
+def write_plan(plan, spec, path):
+    """An algorithm's export plan written as a bundle, with the metadata the exporter
+    stamps from the env spec (no run, no parity checks); returns the policy file."""
     meta = {
-        "algorithm": "cavia",
-        "obs_names": list(OBS_NAMES),
-        "action_names": list(EE_ACTION_NAMES),
+        "algorithm": plan.algorithm,
+        "obs_names": list(spec.obs_names),
+        "action_names": list(spec.action_names),
         "adaptation": plan.adaptation,
         "exploration": plan.exploration,
         **env_facts(spec),
     }
     write_bundle(plan, meta, path)
     return str(path)
+
+
+def _cavia_bundle(path, seed=0):
+    """A small CAVIA grasp bundle: gradient adaptation that needs rewards and explore()."""
+    algo = CAVIA(CAVIAConfig(inner_steps=1), GRASP_SPEC, seed)
+    with torch.no_grad():
+        for p in algo.net.parameters():
+            p.mul_(0.1)  # small actions: the untrained arm moves gently
+    return write_plan(algo.export_modules(), GRASP_SPEC, path)
 
 
 @pytest.fixture(scope="module")
@@ -271,18 +279,7 @@ def _bundle_of(name, path):
     cls, cfg = {"pearl": (PEARL, PEARLConfig), "rl2": (RL2, RL2Config), "rma": (RMA, RMAConfig)}[
         name
     ]
-    spec = EnvSpec("grasp-lift", 33, 6, 11, 100, OBS_NAMES, EE_ACTION_NAMES)
-    plan = cls(cfg(), spec, 0).export_modules()
-    meta = {
-        "algorithm": name,
-        "obs_names": list(OBS_NAMES),
-        "action_names": list(EE_ACTION_NAMES),
-        "adaptation": plan.adaptation,
-        "exploration": plan.exploration,
-        **env_facts(spec),
-    }
-    write_bundle(plan, meta, path)
-    return str(path)
+    return write_plan(cls(cfg(), GRASP_SPEC, 0).export_modules(), GRASP_SPEC, path)
 
 
 @pytest.mark.parametrize("name", ["pearl", "rl2", "rma"])
@@ -319,18 +316,8 @@ def test_latent_recurrent_and_reward_free_bundles_calibrate(tmp_path, name):
 def _grip_bundle(path):
     from metagrasp.policies.grip_search import GripSearch, GripSearchConfig
 
-    spec = EnvSpec("grasp-lift", 33, 6, 11, 100, OBS_NAMES, EE_ACTION_NAMES)
-    plan = GripSearch(GripSearchConfig(hidden=(16,)), spec, 0).export_modules()
-    meta = {
-        "algorithm": "sac-grip",
-        "obs_names": list(OBS_NAMES),
-        "action_names": list(EE_ACTION_NAMES),
-        "adaptation": plan.adaptation,
-        "exploration": plan.exploration,
-        **env_facts(spec),
-    }
-    write_bundle(plan, meta, path)
-    return str(path)
+    plan = GripSearch(GripSearchConfig(hidden=(16,)), GRASP_SPEC, 0).export_modules()
+    return write_plan(plan, GRASP_SPEC, path)
 
 
 def test_a_grip_search_bundle_needs_a_crush_judgement_and_searches_on_the_answers(tmp_path):

@@ -230,9 +230,9 @@ def test_cli_trains_evaluates_and_exports_a_bundle_that_searches_the_grip(tmp_pa
 
 def test_the_dr_line_exports_without_adaptation_and_the_oracle_line_is_refused(tmp_path):
     from metagrasp.adapt.runtime import load_bundle
-    from metagrasp.export.metadata import env_facts
     from metagrasp.export.parity import graph_parity
-    from metagrasp.export.writer import ExportError, trace, write_bundle
+    from metagrasp.export.writer import ExportError, trace
+    from tests.test_calibrate import write_plan
 
     for name in ("sac-grip-dr", "sac-grip"):
         overrides = {"run": {"num_envs": 2, "workers": 0}, "algo": dict(TINY)}
@@ -251,12 +251,7 @@ def test_the_dr_line_exports_without_adaptation_and_the_oracle_line_is_refused(t
         assert plan.adaptation == {"kind": "none"} and list(plan.graph("policy").inputs) == ["obs"]
         graph = plan.graph("policy")
         assert graph_parity(graph, trace(graph), 200)["max_abs_diff"] < 1e-5
-        meta = {"algorithm": name, "obs_names": list(spec.obs_names),
-                "action_names": list(spec.action_names), "adaptation": plan.adaptation,
-                "exploration": plan.exploration, **env_facts(spec)}  # fmt: skip
-        path = tmp_path / name / "policy.onnx"
-        write_bundle(plan, meta, path)
-        bundle = load_bundle(path)
+        bundle = load_bundle(write_plan(plan, spec, tmp_path / name / "policy.onnx"))
         assert not bundle.adapts
         state = bundle.init_state()
         assert bundle.adapt(state, [{"lifted": False, "crushed": True}]) is state
@@ -397,19 +392,14 @@ def test_the_squeeze_guard_caps_a_position_target_that_closes_on_a_held_object()
 
 def test_a_bundle_with_retry_misses_needs_the_gripped_flag_and_retries_a_miss(tmp_path):
     from metagrasp.adapt.runtime import BundleInputError, load_bundle
-    from metagrasp.export.metadata import env_facts
-    from metagrasp.export.writer import write_bundle
+    from tests.test_calibrate import write_plan
 
     env, algo, _ = tiny(retry_misses=True)
     spec = algo.spec
     env.close()
     plan = algo.export_modules()
     assert plan.adaptation["episode_fields"] == ["lifted", "crushed", "gripped"]
-    meta = {"algorithm": "sac-grip", "obs_names": list(spec.obs_names),
-            "action_names": list(spec.action_names), "adaptation": plan.adaptation,
-            "exploration": plan.exploration, **env_facts(spec)}  # fmt: skip
-    write_bundle(plan, meta, tmp_path / "policy.onnx")
-    bundle = load_bundle(tmp_path / "policy.onnx")
+    bundle = load_bundle(write_plan(plan, spec, tmp_path / "policy.onnx"))
     miss = {"lifted": False, "crushed": False, "gripped": False}
     drop = {**miss, "gripped": True}
     assert bundle.adapt(bundle.init_state(), [miss])["grip"][0, 0] == 4.0  # the same again

@@ -46,12 +46,13 @@ def test_warm_started_oracle_with_its_own_settings_trains_from_the_dr_run(tmp_pa
     assert table["sac-oracle"]["train_wall_s"] > table["sac"]["train_wall_s"]
 
     # --deterministic: the same runs meta-tested with mean actions, cached apart.
-    res = _meta_rl(
+    deterministic = (
         "--task", "point-nav", "--preset", "quick",
         "--algos", "sac", "--dr", "sac", "--oracle", "sac", "--deterministic",
         "--splits", "test", "--episodes-per-task", "1", "--workers", "0",
         *sets, "--out", str(tmp_path),
     )  # fmt: skip
+    res = _meta_rl(*deterministic)
     assert res.returncode == 0, res.stdout + res.stderr
     mean = json.loads((dr_run / "eval-test-deterministic" / "results.json").read_text())
     sampled = json.loads((dr_run / "eval-test" / "results.json").read_text())
@@ -61,12 +62,7 @@ def test_warm_started_oracle_with_its_own_settings_trains_from_the_dr_run(tmp_pa
     assert mean["algo_config"]["demo_fraction"] == 0.5
     path = dr_run / "eval-test-deterministic" / "results.json"
     path.write_text(json.dumps({**mean, "algo_config": {**mean["algo_config"], "lr": 9.0}}))
-    res = _meta_rl(
-        "--task", "point-nav", "--preset", "quick",
-        "--algos", "sac", "--dr", "sac", "--oracle", "sac", "--deterministic",
-        "--splits", "test", "--episodes-per-task", "1", "--workers", "0",
-        *sets, "--out", str(tmp_path),
-    )  # fmt: skip
+    res = _meta_rl(*deterministic)
     assert res.returncode == 0, res.stdout + res.stderr
     assert json.loads(path.read_text())["algo_config"] == mean["algo_config"]
 
