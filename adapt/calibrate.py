@@ -372,14 +372,20 @@ def calibrate(
         + (" (reward-free adaptation)" if bundle.reward_free and bundle.adapts else "")
     )
     needs_crush = bundle.needs_crush_judgement
-    if needs_crush and not config.ask and config.reward.max_grip_n is None:
+    sees_crush = config.reward.max_grip_n is not None or config.reward.detect_collapse
+    if needs_crush and not config.ask and not sees_crush:
         raise ConfigError(
             f"the {meta.get('algorithm')} bundle searches the grip from whether each "
-            "episode crushed the object, which the device cannot see: pass --ask (the "
-            "operator answers after each episode) or --max-grip N (the force per pad the "
-            "object tolerates)"
+            "episode crushed the object, which the device cannot see by default: pass --ask "
+            "(the operator answers after each episode), --max-grip N (the force per pad the "
+            "object tolerates) or --detect-crush (the object gives way when crushed)"
         )
-    if config.reward.max_grip_n is None and not needs_crush:
+    if policy._observes and config.reward.detect_collapse and config.reward.max_grip_n is None:
+        raise ConfigError(
+            "--detect-crush judges whole episodes, but this bundle observes a reward every "
+            "step; use --max-grip N or --ask for it"
+        )
+    if not sees_crush and not needs_crush:
         # Blind to crushing, the device pays a crushed object's grasp like any other.
         log(
             "  no --max-grip: the device cannot see if the object is crushed; "

@@ -58,6 +58,14 @@ def add_calibrate_parser(sub: Any, handler: Any) -> None:
         "counts as crushing it (a penalty, no success), as in training. Without it the device "
         "cannot see a crush and credits a crushed object's grasp like any other",
     )
+    p.add_argument(
+        "--detect-crush",
+        action="store_true",
+        help="judge crushes from the gripper: an object that gives way when crushed lets the "
+        "fingers close well past where they met it. For objects that collapse (a cup, a "
+        "box, fruit); a crush that leaves the object's shape (an egg's hairline crack) "
+        "needs --max-grip or --ask",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the exploration noise")
     p.add_argument("--park-seconds", type=float, default=1.5, help="park before each episode")
     p.add_argument("--settle-seconds", type=float, default=0.5, help="hold before each episode")
@@ -95,7 +103,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
         ask=args.ask,
         deterministic_eval=args.deterministic,
         seed=args.seed,
-        reward=RewardConfig(max_grip_n=args.max_grip),
+        reward=RewardConfig(max_grip_n=args.max_grip, detect_collapse=args.detect_crush),
     )
     report = calibrate(
         args.policy, args.robot, args.port, config, pose_source=args.object_pose, loop=loop

@@ -27,7 +27,15 @@ after its physics step):
   object tolerates (``max_grip_n``, ``metagrasp calibrate --max-grip N``), the first step
   that squeezes it harder (servo load x half the full force, per pad, as the sim
   measures its grip) is the crush: ``crush = 1`` once, and from that step on no
-  ``close``, ``grasp``, ``lift`` or ``hold`` and no success, as in the sim.
+  ``close``, ``grasp``, ``lift`` or ``hold`` and no success, as in the sim. Without the
+  limit, ``detect_collapse`` (``metagrasp calibrate --detect-crush``) finds crushes from
+  their trace instead. A crushed object gives way a moment after the squeeze that crushed
+  it (``metagrasp.sim.objects.CRUSH_COLLAPSE``), so the fingers, stopped on it, close
+  further under the same load; an intact one holds them where they stopped
+  (:func:`collapse_step`). The crush counts from the first collapsed step. It is judged on
+  whole episodes only (it needs the steps after the squeeze), and it sees only crushes
+  that change the object's shape, not a crushed object that drops out of the fingers (a
+  slip looks the same).
 
 An episode succeeds when its last step holds the object 5 cm up (``hold``) and nothing was
 crushed, as the sim's success flag is the last step's. Weights are the sim's defaults
@@ -46,7 +54,7 @@ from metagrasp.actions import OBS_NAMES
 from metagrasp.errors import ConfigError
 from metagrasp.kinematics import ARM
 
-__all__ = ["DEFAULT_WEIGHTS", "DeviceReward", "EpisodeOutcome", "RewardConfig"]
+__all__ = ["DEFAULT_WEIGHTS", "DeviceReward", "EpisodeOutcome", "RewardConfig", "collapse_step"]
 
 DEFAULT_WEIGHTS: dict[str, float] = {
     "reach": 0.5,
@@ -89,6 +97,26 @@ class RewardConfig:
     """Grip force per pad (N) the object tolerates, when the operator knows it (a
     datasheet, a test squeeze); squeezing harder counts as crushing it, as in the sim.
     ``None``: crushes are invisible to the device (see the module docstring)."""
+    detect_collapse: bool = False
+    """Find crushes from the fingers closing further after contact (module docstring),
+    for objects that give way when crushed; whole episodes only (not :meth:`DeviceReward.step`).
+    Used when ``max_grip_n`` is unset."""
+    collapse_drop: float = 0.25
+    """Fraction of the stopped fingers' opening they must close further to call a crush (a
+    crushed object in the sim gives way by 40 %, ``CRUSH_COLLAPSE``)."""
+    collapse_window: int = 6
+    """Steps whose median opening is compared with the reference (the opening's noise)."""
+    collapse_ref: int = 4
+    """Steps after the fingers stop whose median opening is the reference."""
+    collapse_search: int = 8
+    """Steps after the load comes on within which the fingers must stop."""
+    collapse_stop_tol: float = 0.12
+    """Relative change of the opening below which the fingers count as stopped."""
+    collapse_horizon: int = 14
+    """Steps after the reference within which a collapse is looked for (the object gives
+    way a moment after the squeeze that crushes it)."""
+    collapse_fall: float = 0.008
+    """Fall of the object relative to the fingers (m) above which a closing is a slip."""
     weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
     """Weight of each term; the reward is their weighted sum."""
 
@@ -99,6 +127,14 @@ class RewardConfig:
         for name in ("lift_height", "close_radius", "hold_radius", "gripper_full_force_n"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"reward setting {name} must be > 0")
+        if not 0 < self.collapse_drop < 1:
+            raise ConfigError(f"collapse_drop={self.collapse_drop} must be in (0, 1)")
+        for name in ("collapse_window", "collapse_ref", "collapse_search", "collapse_horizon"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ConfigError(f"reward setting {name}={v} must be an int >= 1")
+        if not (self.collapse_stop_tol > 0 and self.collapse_fall > 0):
+            raise ConfigError("collapse_stop_tol and collapse_fall must be > 0")
         if self.max_grip_n is not None and not (0 < self.max_grip_n < math.inf):
             raise ConfigError(
                 f"max_grip_n={self.max_grip_n} must be a positive number of newtons "
@@ -125,7 +161,8 @@ class EpisodeOutcome:
     max_height: float
     """Highest the object got above its start (m)."""
     crushed: bool = False
-    """The grip exceeded ``max_grip_n`` (always False when it is unset)."""
+    """The grip exceeded ``max_grip_n``, or the object gave way (``detect_collapse``);
+    always False when neither is set."""
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready scalars."""
@@ -139,6 +176,61 @@ class EpisodeOutcome:
         }
 
 
+def collapse_step(
+    opening: np.ndarray,
+    load: np.ndarray,
+    rel_z: np.ndarray,
+    config: RewardConfig | None = None,
+) -> int:
+    """The step an object gave way under the fingers, or -1 (``detect_collapse``).
+
+    For each squeeze (the load coming on), the fingers' stop is the first point within
+    ``collapse_search`` steps where the opening's median over 3 steps and over the next 3
+    agree within 3 mm or ``collapse_stop_tol`` of it. Its opening over ``collapse_ref``
+    steps is the reference. A collapse is an opening whose median over ``collapse_window``
+    steps falls ``collapse_drop`` or more below the reference within ``collapse_horizon``
+    steps of the stop, while the gripper goes on squeezing and the object does not fall by
+    more than ``collapse_fall`` relative to the fingers (that would be a slip, a drop).
+
+    Args:
+        opening: (T,) the fingers' opening after each step (m).
+        load: (T,) the gripper's load after each step (fraction of full force).
+        rel_z: (T,) the object's height relative to the TCP after each step (m).
+        config: the thresholds.
+
+    Returns:
+        The first step of the collapsed window, -1 if none.
+    """
+    c = config or RewardConfig()
+    o, rz = np.asarray(opening, float), np.asarray(rel_z, float)
+    on = np.asarray(load, float) >= c.min_load
+    n, ref_n, win = len(o), c.collapse_ref, c.collapse_window
+    for s0 in np.nonzero(on[1:] & ~on[:-1])[0] + 1:
+        stop = None
+        for q in range(s0, min(s0 + c.collapse_search, n - 6 + 1)):
+            if not on[q : q + 6].all():
+                break
+            m1, m2 = np.median(o[q : q + 3]), np.median(o[q + 3 : q + 6])
+            if abs(m1 - m2) <= max(0.003, c.collapse_stop_tol * m1):
+                stop = q
+                break
+        if stop is None:
+            continue
+        ref = np.median(o[stop : stop + ref_n])
+        if ref < c.min_opening:
+            continue
+        for k in range(c.collapse_horizon + 1):
+            a, b = stop + ref_n + k, stop + ref_n + k + win
+            if b > n or on[a:b].mean() < 0.8:  # the episode or the squeeze ended
+                break
+            if np.median(o[a:b]) <= (1.0 - c.collapse_drop) * ref:
+                fell = np.min(rz[stop:b]) - np.median(rz[stop : stop + ref_n])
+                if fell < -c.collapse_fall:
+                    break
+                return int(a)
+    return -1
+
+
 class DeviceReward:
     """Reward, dones and success of recorded episodes; see the module docstring."""
 
@@ -146,9 +238,16 @@ class DeviceReward:
         self.config = config or RewardConfig()
 
     def _terms(
-        self, obs: np.ndarray, action: np.ndarray, nxt: np.ndarray, z0: float, crushed: bool
+        self,
+        obs: np.ndarray,
+        action: np.ndarray,
+        nxt: np.ndarray,
+        z0: float,
+        crushed: bool,
+        collapse: int = -1,
     ) -> dict:
-        """Per-step terms of consecutive transitions; ``crushed``: before the first one."""
+        """Per-step terms of consecutive transitions; ``crushed``: before the first one;
+        ``collapse``: the step the object gave way (-1: none)."""
         c = self.config
         dist = np.linalg.norm(nxt[:, _REL], axis=1)
         height = nxt[:, _POS][:, 2] - z0
@@ -160,6 +259,8 @@ class DeviceReward:
         over = np.zeros(len(obs), bool)
         if c.max_grip_n is not None:
             over = held & (nxt[:, _LOAD] * 0.5 * c.gripper_full_force_n > c.max_grip_n)
+        if collapse >= 0:
+            over[collapse] = True
         # From the crushing step on, a crushed object earns nothing more (the sim's rule).
         gone = np.logical_or.accumulate(over) | crushed
         crush_now = gone & ~np.concatenate([[crushed], gone[:-1]])
@@ -193,7 +294,11 @@ class DeviceReward:
         if nxt.shape != obs.shape or action.shape != (len(obs), 6):
             raise ConfigError("episode next_obs/action do not match its obs")
         z0 = float(obs[0, _POS][2])
-        terms = self._terms(obs, action, nxt, z0, crushed=False)
+        c = self.config
+        collapse = -1
+        if c.detect_collapse and c.max_grip_n is None:
+            collapse = collapse_step(nxt[:, _OPENING], nxt[:, _LOAD], nxt[:, _REL][:, 2], c)
+        terms = self._terms(obs, action, nxt, z0, crushed=False, collapse=collapse)
         w = self.config.weights
         reward = sum(w.get(k, 0.0) * v for k, v in terms.items() if not k.startswith("_"))
         dones = terms["drop"].astype(np.float32)
@@ -234,7 +339,16 @@ class DeviceReward:
 
         Returns:
             The reward (0 if not finite) and whether the object is crushed after the step.
+
+        Raises:
+            ConfigError: ``detect_collapse`` without ``max_grip_n``: a collapse is seen only
+                in the steps after it, so it cannot be judged one step at a time.
         """
+        if self.config.detect_collapse and self.config.max_grip_n is None:
+            raise ConfigError(
+                "detect_collapse judges whole episodes, not single steps; a bundle that "
+                "rewards each step (recurrent) needs --max-grip N or --ask instead"
+            )
         terms = self._terms(
             np.asarray(obs, float).reshape(1, -1),
             np.asarray(action, float).reshape(1, -1),

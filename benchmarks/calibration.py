@@ -66,6 +66,7 @@ def _robot_run(
     work: Path,
     known_limit: bool = False,
     operator: bool = False,
+    detect_crush: bool = False,
 ) -> dict:
     from metagrasp.sim.virtual_robot import VirtualRobot
 
@@ -86,7 +87,10 @@ def _robot_run(
                         eval_episodes=1,
                         out=str(work / f"{task.task_id}.json"),
                         # As an operator who knows the object's limit (--max-grip).
-                        reward=RewardConfig(max_grip_n=task.crush_limit if known_limit else None),
+                        reward=RewardConfig(
+                            max_grip_n=task.crush_limit if known_limit else None,
+                            detect_collapse=detect_crush,
+                        ),
                         ask=operator,
                     ),
                     pose_source=vr.pose_address,
@@ -106,7 +110,7 @@ def _robot_run(
                     raise
     finally:
         vr.stop()
-    keys = ("device", "sim_flag", "dev_ret", "sim_ret", "crushed")
+    keys = ("device", "sim_flag", "dev_ret", "sim_ret", "crushed", "dev_crushed")
     out = {key: {k: [] for k in KS} for key in keys}
     for e in rep.episodes:
         if e["k"] in KS and e["phase"] != "before":
@@ -115,6 +119,7 @@ def _robot_run(
             out["dev_ret"][e["k"]].append(float(e["device"]["return"]))
             out["sim_ret"][e["k"]].append(float(e["sim"]["return"]))
             out["crushed"][e["k"]].append(float(e["sim"]["crushed"]))
+            out["dev_crushed"][e["k"]].append(float(e["device"]["crushed"]))
     out["aborted"] = aborted
     return out
 
@@ -222,6 +227,12 @@ def main() -> int:
         help="calibrate with --ask, answered from the simulator's success and crush flags "
         "(every bundle; a grip-search bundle gets it anyway unless --known-grip-limit)",
     )
+    ap.add_argument(
+        "--detect-crush",
+        action="store_true",
+        help="the device finds crushes by itself, from the object giving way "
+        "(calibrate --detect-crush); no operator",
+    )
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     bundles = dict(b.split("=", 1) for b in args.bundle)
@@ -238,6 +249,7 @@ def main() -> int:
         "k_max": args.k_max,
         "known_grip_limit": args.known_grip_limit,
         "operator": args.operator,
+        "detect_crush": args.detect_crush,
         "bundles": {},
         "adapt_time_only": {},
     }
@@ -252,7 +264,8 @@ def main() -> int:
         bundle = load_bundle(path)
         # A grip search needs a crush judgement per episode: without the known limit the
         # simulator answers as the operator (as `metagrasp demo` does).
-        operator = args.operator or (bundle.needs_crush_judgement and not args.known_grip_limit)
+        sees = args.known_grip_limit or args.detect_crush
+        operator = args.operator or (bundle.needs_crush_judgement and not sees)
         entry: dict[str, Any] = {
             "path": path,
             "algorithm": bundle.metadata.get("algorithm"),
@@ -262,16 +275,19 @@ def main() -> int:
             "splits": {},
         }
         for split in args.splits:
-            keys = ("device", "sim_flag", "dev_ret", "sim_ret", "crushed", "sim", "sim_env_ret")
+            robot = ("device", "sim_flag", "dev_ret", "sim_ret", "crushed", "dev_crushed")
+            keys = (*robot, "sim", "sim_env_ret")
             acc = {key: {k: [] for k in KS} for key in keys}
             aborted = 0
             for task in _tasks(split, args.tasks):
                 t0 = time.monotonic()
                 with tempfile.TemporaryDirectory() as tmp:
                     limit = args.known_grip_limit
-                    r = _robot_run(path, task, args.k_max, loop, Path(tmp), limit, operator)
+                    r = _robot_run(
+                        path, task, args.k_max, loop, Path(tmp), limit, operator, args.detect_crush
+                    )
                 aborted += r["aborted"]
-                for key in ("device", "sim_flag", "dev_ret", "sim_ret", "crushed"):
+                for key in robot:
                     for k in KS:
                         acc[key][k] += r[key][k]
                 for s in range(args.sim_seeds):
@@ -293,6 +309,7 @@ def main() -> int:
                 "robot_device_return": _stats(acc["dev_ret"]),
                 "robot_sim_return": _stats(acc["sim_ret"]),
                 "robot_crushed": _stats(acc["crushed"]),
+                "robot_device_crushed": _stats(acc["dev_crushed"]),
                 "sim_return": _stats(acc["sim_env_ret"]),
                 "aborted_episodes": aborted,
             }

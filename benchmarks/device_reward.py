@@ -3,8 +3,9 @@
 On the robot, calibration rewards and success come from :class:`DeviceReward`, which sees
 only recorded observations. This runs scripted grasps in the sim at several grip
 levels (some crush fragile objects, some slip on heavy ones), judges each recorded episode
-with the device's code, blind to the crush limit and with the limit known
-(``metagrasp calibrate --max-grip``), and compares with the sim's own reward and success.
+with the device's code, blind to the crush limit, with the limit known
+(``metagrasp calibrate --max-grip``) and finding crushes from the object giving way
+(``--detect-crush``), and compares with the sim's own reward, success and crush flags.
 
     python benchmarks/device_reward.py --split test --episodes 60 --json out.json
 """
@@ -43,6 +44,9 @@ def measure(split: str, episodes: int) -> dict:
         known = DeviceReward(RewardConfig(max_grip_n=limit)).episode(
             ep["obs"], ep["actions"], ep["next_obs"]
         )
+        seen = DeviceReward(RewardConfig(detect_collapse=True)).episode(
+            ep["obs"], ep["actions"], ep["next_obs"]
+        )
         rows.append(
             {
                 "crushed": bool(info["crushed"]),
@@ -53,6 +57,11 @@ def measure(split: str, episodes: int) -> dict:
                     "success": known.success,
                     "return": known.episode_return,
                     "crushed": known.crushed,
+                },
+                "collapse": {
+                    "success": seen.success,
+                    "return": seen.episode_return,
+                    "crushed": seen.crushed,
                 },
             }
         )
@@ -91,6 +100,21 @@ def measure(split: str, episodes: int) -> dict:
                 np.mean([r["known"]["crushed"] == r["crushed"] for r in rows])
             ),
         },
+        # The device finding crushes by itself, from the object giving way.
+        "collapse": {
+            "all": summary(rows, "collapse"),
+            "crushed": summary(crushed, "collapse"),
+            "intact": summary(intact, "collapse"),
+            "crush_detected_agreement": float(
+                np.mean([r["collapse"]["crushed"] == r["crushed"] for r in rows])
+            ),
+            "crushes_found": float(np.mean([r["collapse"]["crushed"] for r in crushed]))
+            if crushed
+            else None,
+            "false_crushes": float(np.mean([r["collapse"]["crushed"] for r in intact]))
+            if intact
+            else None,
+        },
     }
 
 
@@ -103,7 +127,7 @@ def main() -> int:
     res = measure(args.split, args.episodes)
     print(f"{args.split}: {args.episodes} scripted episodes, {res['crushed_fraction']:.0%} crushed")
     print("judge        subset    n  success sim/dev  agree  return gap mean [p5, p95]")
-    for judge in ("blind", "known_limit"):
+    for judge in ("blind", "known_limit", "collapse"):
         for subset in ("all", "crushed", "intact"):
             s = res[judge][subset]
             if not s["episodes"]:
@@ -114,6 +138,12 @@ def main() -> int:
                 f"{s['success_sim']:.2f}/{s['success_device']:.2f}       "
                 f"{s['success_agreement']:.2f}  {s['return_gap_mean']:+7.1f} [{lo:+.1f}, {hi:+.1f}]"
             )
+    c = res["collapse"]
+    print(
+        f"--detect-crush: found {c['crushes_found']:.2f} of the crushes, false crush on "
+        f"{c['false_crushes']:.2f} of the intact episodes "
+        f"(agreement {c['crush_detected_agreement']:.2f})"
+    )
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(res, fh, indent=1)

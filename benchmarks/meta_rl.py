@@ -134,6 +134,7 @@ def evaluate(run: Path, split: str, args: argparse.Namespace, line: str = "") ->
     """The meta-test protocol on one run (cached in RUN/eval-SPLIT[-SETTINGS]/results.json)."""
     from metagrasp.policies.evaluate import meta_test, summarise, write_results
     from metagrasp.policies.runner import load_trained
+    from metagrasp.sim.objects import FAMILY_VERSION
 
     _, settings = split_line(line)
     suffix = "".join(f"-{k}={v}" for k, v in sorted(settings.items()))
@@ -144,11 +145,13 @@ def evaluate(run: Path, split: str, args: argparse.Namespace, line: str = "") ->
         cached = json.loads(cache.read_text())
         # The settings in the folder name are only those given; a default that changed
         # since (e.g. sac-grip's squeeze_guard) would make the cache stale, so the whole
-        # acting config must match. Caches written before it was stored are redone.
+        # acting config must match, and so must the family's physics (FAMILY_VERSION).
+        # Caches written before either was stored are redone.
         if (
             cached["episodes_per_task"] == args.episodes_per_task
             and cached["seeds"] == list(args.eval_seeds)
             and cached.get("algo_config") == _acting_config(algo)
+            and cached.get("family_version") == FAMILY_VERSION
         ):
             return cached
     raw = meta_test(
@@ -163,6 +166,7 @@ def evaluate(run: Path, split: str, args: argparse.Namespace, line: str = "") ->
     summary = summarise(raw)
     summary["algo"], summary["run"] = line or resolved["run"]["algo"], str(run)
     summary["algo_config"] = _acting_config(algo)
+    summary["family_version"] = FAMILY_VERSION
     write_results(summary, cache.parent)
     return summary
 

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from metagrasp.actions import OBS_NAMES, ActionMapConfig, grip_action
+from metagrasp.adapt.reward import DeviceReward, RewardConfig
 from metagrasp.errors import ConfigError
 from metagrasp.grip_search import next_grip, next_grip_prior
 from metagrasp.policies.base import EnvSpec
@@ -61,6 +62,7 @@ from metagrasp.sim.tasks import GRIP_FORCE_MAX
 
 ACT_WITH = ("search", "fixed", "oracle")
 RULES = ("bisect", "prior")
+JUDGES = ("sim", "device")
 
 
 @dataclass
@@ -87,6 +89,12 @@ class GripSearchConfig(SACConfig):
     retry_misses: bool = False
     """Meta-test: an episode in which the pads never squeezed the object (a miss) leaves
     the grip as it was, instead of counting as a drop (more force next time)."""
+    judge: str = "sim"
+    """Meta-test: who says whether each episode lifted or crushed the object. ``sim``: the
+    env's flags (privileged; an operator's answers on the robot). ``device``: the robot's
+    computer from the recorded observations alone (:class:`~metagrasp.adapt.reward.DeviceReward`
+    with ``detect_collapse``, ``metagrasp calibrate --detect-crush``): the search as it runs
+    without an operator."""
     squeeze_guard: bool = True
     """A gripper value ``g <= 0`` is a position target at *full* current: on an object the
     fingers already hold, one that closes them further squeezes at up to 20 N whatever the
@@ -116,6 +124,8 @@ class GripSearchConfig(SACConfig):
                 "algo.prior_objects must be >= 1 and algo.prior_fail_rate in (0, 1), got "
                 f"{self.prior_objects}, {self.prior_fail_rate}"
             )
+        if self.judge not in JUDGES:
+            raise ConfigError(f"algo.judge={self.judge!r}; allowed: {list(JUDGES)}")
         if self.init_from:
             raise ConfigError("algo.init_from is for sac-oracle; remove it for sac-grip")
         if self.command_jitter < 0:
@@ -333,16 +343,30 @@ class GripSearch(SAC):
             raise ConfigError(f"sac-grip adapts on crush outcomes; {self.spec.family} has none")
         if self.config.retry_misses and any(ep.gripped is None for ep in episodes):
             raise ConfigError(f"algo.retry_misses needs grip outcomes; {self.spec.family} has none")
+        judged = [self._judge(ep) for ep in episodes]
         outcomes = [
             [
-                (t[i], ep.success[i], ep.crushed[i])
+                (t[i], lifted[i], crushed[i])
                 + ((ep.gripped[i],) if self.config.retry_misses else ())
-                for t, ep in zip(tried, episodes, strict=True)
+                for t, ep, (lifted, crushed) in zip(tried, episodes, judged, strict=True)
             ]
             for i in range(len(state["grip"]))
         ]
         grip = np.array([self._next_grip(o) for o in outcomes])
         return {"grip": grip, "tried": tried}
+
+    def _judge(self, ep: Episodes) -> tuple[np.ndarray, np.ndarray]:
+        """(lifted, crushed) per member of one episode, as ``algo.judge`` says."""
+        if self.config.judge == "sim":
+            return ep.success, ep.crushed
+        device = DeviceReward(RewardConfig(detect_collapse=True))
+        out = []
+        for i in range(len(ep.success)):
+            n = int(ep.mask[i].sum())
+            o = device.episode(ep.obs[i, :n], ep.actions[i, :n], ep.next_obs[i, :n])
+            out.append((o.success and not o.crushed, o.crushed))
+        lifted, crushed = (np.array(v, bool) for v in zip(*out, strict=True))
+        return lifted, crushed
 
     def _next_grip(self, outcomes: list[tuple]) -> float:
         """The configured search rule on one member's outcomes."""

@@ -67,7 +67,7 @@ from metagrasp.actions import (  # noqa: F401 (re-exported)
 from metagrasp.errors import ConfigError, TaskParamError, UnknownNameError
 from metagrasp.kinematics import ARM
 from metagrasp.sim import scene
-from metagrasp.sim.objects import half_extents
+from metagrasp.sim.objects import CRUSH_COLLAPSE_DELAY, CRUSH_COLLAPSE_SECONDS, half_extents
 from metagrasp.sim.tasks import (
     PRIVILEGED_NAMES,
     NominalDynamics,
@@ -75,6 +75,7 @@ from metagrasp.sim.tasks import (
     apply_task,
     check_reset_options,
     check_split,
+    collapse_object,
     sample_task,
 )
 
@@ -275,6 +276,10 @@ class GraspEnv(gym.Env):
         self._obj_start = np.zeros(3)
         self._goal = np.zeros(3)
         self._crushed = False
+        self._collapse_at: float | None = None
+        """Sim time at which the crushed object starts to collapse (``CRUSH_COLLAPSE_DELAY``
+        after the crush); None while intact or once collapsed."""
+        self._obj_geom = -1  # the object's collision geom, set by set_task
         self._grip = 0.0
         self._task_vec = np.zeros(len(PRIVILEGED_NAMES), np.float32)
 
@@ -341,6 +346,7 @@ class GraspEnv(gym.Env):
         self._prev_action = np.zeros(6, np.float32)
         self._steps = 0
         self._crushed = False
+        self._collapse_at = None
         obs = self._observe()
         return obs, self._info(False, {k: 0.0 for k in REWARD_TERMS}, 0.0)
 
@@ -382,6 +388,8 @@ class GraspEnv(gym.Env):
         mujoco.mj_setConst(self.model, self.data)
         self.task = task
         self._task_vec = task.privileged_vector()
+        self._obj_geom = self.h.object_geoms[task.shape]
+        self._collapse_at = None
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
         action = np.asarray(action, dtype=np.float32).reshape(-1)
@@ -406,7 +414,13 @@ class GraspEnv(gym.Env):
         limit = scene.GRIPPER_FORCE * self.task.actuator_gain * force_fraction
         m.actuator_forcerange[h.actuators[5]] = (-limit, limit)
         d.ctrl[h.actuators] = t
-        mujoco.mj_step(m, d, nstep=cfg.n_substeps)
+        if (
+            self._collapse_at is None
+            or d.time + cfg.n_substeps * m.opt.timestep < self._collapse_at
+        ):
+            mujoco.mj_step(m, d, nstep=cfg.n_substeps)
+        else:
+            self._collapse_steps(cfg.n_substeps)
         self._steps += 1
         terms, success, terminated = self._evaluate(action)
         self._prev_action = action
@@ -424,6 +438,22 @@ class GraspEnv(gym.Env):
             self._info(success, terms, self._grip),
         )
 
+    def _collapse_steps(self, n: int) -> None:
+        """``n`` physics steps during which the crushed object gives way under the pads, as
+        a real one would: the only trace of a crush the robot can see (its fingers close
+        further under the same load). Shrunk every physics step, so the pads follow."""
+        m, d = self.model, self.data
+        for _ in range(n):
+            progress = (d.time - self._collapse_at) / CRUSH_COLLAPSE_SECONDS
+            if progress >= 0.0:
+                self._obj_geom = collapse_object(m, self.task, self.h, progress)
+            if progress >= 1.0:
+                self._collapse_at = None
+                mujoco.mj_step(m, d, nstep=n)  # the rest of the control step, collapsed
+                return
+            mujoco.mj_step(m, d)
+            n -= 1
+
     @property
     def _tcp_target(self) -> np.ndarray:
         """The ee mode's integrated TCP target (held by the shared action map)."""
@@ -434,7 +464,7 @@ class GraspEnv(gym.Env):
     def _pad_contacts(self) -> tuple[bool, bool]:
         """Whether each finger pad touches the object with more than CONTACT_FORCE."""
         d, h = self.data, self.h
-        obj = self.h.object_geoms[self.task.shape]
+        obj = self._obj_geom
         left = right = False
         n = d.ncon
         if n:
@@ -471,6 +501,8 @@ class GraspEnv(gym.Env):
         grasped = left and right
         self._grip = self._grip_force(grasped)
         crushed_now = not self._crushed and self._grip > self.task.crush_limit
+        if crushed_now:
+            self._collapse_at = float(self.data.time) + CRUSH_COLLAPSE_DELAY
         self._crushed = self._crushed or crushed_now
         height = float(obj[2] - self._obj_start[2])
         dropped = bool(abs(obj[0] - 0.15) > 0.4 or abs(obj[1]) > 0.4 or obj[2] < -0.05)

@@ -32,12 +32,45 @@ MAX_HALF_WIDTH = 0.032
 MIN_HALF_HEIGHT = 0.010
 MAX_HALF_HEIGHT = 0.045
 
+FAMILY_VERSION = 2
+"""Version of the grasp family's physics, stamped into cached evaluations so that a change
+re-runs them: 1 up to 2026-12-01 05:00 UTC; 2 adds the collapse of crushed objects (the
+same success and crush flags, other observations after a crush)."""
+
+CRUSH_COLLAPSE = 0.6
+"""Size of a crushed object relative to the intact one, about its centre. A real object
+crushed in a pinch gives way (a paper cup folds, an egg caves in), so the fingers close
+further on it under the same load; the collapse is that trace, which the robot's computer
+can see in the gripper's opening (``metagrasp.adapt.reward``). 0.6 closes the fingers by
+40 % of the width they held: at least 8 mm on the thinnest object, above the opening's
+noise after a few steps' median."""
+CRUSH_COLLAPSE_SECONDS = 0.2
+"""How long a crushed object takes to shrink to ``CRUSH_COLLAPSE``, as a cup buckles. The
+shrink is applied every physics step, so the pads follow the giving surface: a sudden
+collapse lets the current-limited fingers, which then meet no resistance, hit the object
+fast enough to tunnel through it."""
+CRUSH_MESH_STAGES = 20
+"""Pre-built collapsed copies of each mesh (a compiled mesh cannot be rescaled): the
+shrink of a mesh object goes in 20 steps of 2 % of its size, small enough for the pads to
+follow."""
+CRUSH_COLLAPSE_DELAY = 0.32
+"""Seconds between the squeeze that crushes an object and its collapse. A squeezed cup
+holds for a moment before it buckles; on the robot that moment is a few control steps of
+fingers stopped on the intact object, the reference its collapse is measured from. The
+crush itself (the ``crushed`` flag, the penalty, the end of success) counts at once."""
+
 TORSIONAL_FRICTION = 0.005
 """Object torsional friction (m): resists spinning in a pinch."""
 ROLLING_FRICTION = 0.002
 """Object rolling friction (m). Real objects stop rolling; without it spheres, capsules and
 toppled ellipsoids roll off the table at the lightest touch (MuJoCo applies it with
 ``condim=6``)."""
+
+
+def mesh_collapse_scales() -> np.ndarray:
+    """Size of each collapsed copy of a mesh, ending at ``CRUSH_COLLAPSE``."""
+    steps = np.arange(1, CRUSH_MESH_STAGES + 1) / CRUSH_MESH_STAGES
+    return 1.0 - (1.0 - CRUSH_COLLAPSE) * steps
 
 
 @dataclass(frozen=True)

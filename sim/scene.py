@@ -17,7 +17,14 @@ import numpy as np
 from dm_control import mjcf
 
 from metagrasp.kinematics import ARM, ArmGeometry
-from metagrasp.sim.objects import MESHES, ROLLING_FRICTION, SHAPES, TORSIONAL_FRICTION
+from metagrasp.sim.objects import (
+    CRUSH_MESH_STAGES,
+    MESHES,
+    ROLLING_FRICTION,
+    SHAPES,
+    TORSIONAL_FRICTION,
+    mesh_collapse_scales,
+)
 
 # Collision bits: an object collides with the table and the robot; the robot with the
 # table and the object; the robot never with itself (its links are too close to matter
@@ -87,6 +94,8 @@ class SceneHandles:
     object_dof: int
     object_geoms: dict[str, int]
     """Candidate geom id per shape name."""
+    crushed_geoms: dict[str, tuple[int, ...]]
+    """Per mesh shape, the geom ids of its collapse stages (primitives shrink their own)."""
     finger_pads: tuple[int, int]
     """Geom ids of the left and right finger pads."""
     touch_adr: tuple[int, int]
@@ -225,6 +234,12 @@ def _object_mjcf(root: mjcf.RootElement) -> None:
     """Add the free object body with one candidate geom per shape (all but one disabled)."""
     for mesh in MESHES:
         root.asset.add("mesh", name=mesh.name, vertex=mesh.vertices.ravel())
+        # The same mesh collapsed about its centre: MuJoCo cannot rescale a compiled mesh,
+        # so a crushed mesh object swaps through these copies (``tasks.collapse_object``).
+        for i, scale in enumerate(mesh_collapse_scales(), 1):
+            root.asset.add(
+                "mesh", name=f"{mesh.name}_crushed{i}", vertex=(scale * mesh.vertices).ravel()
+            )
     obj = root.worldbody.add("body", name="object", pos=(0.2, 0, 0.03))
     obj.add("freejoint", name="object")
     # Explicit inertial: tasks overwrite mass, inertia and centre of mass at run time.
@@ -242,6 +257,9 @@ def _object_mjcf(root: mjcf.RootElement) -> None:
     for shape in SHAPES:
         if shape.startswith("mesh_"):
             obj.add("geom", name=f"obj_{shape}", type="mesh", mesh=shape, **common)
+            for i in range(1, CRUSH_MESH_STAGES + 1):
+                name = f"{shape}_crushed{i}"
+                obj.add("geom", name=f"obj_{name}", type="mesh", mesh=name, **common)
         elif shape == "capsule":
             # Lying along x: an upright capsule would topple.
             obj.add(
@@ -362,6 +380,11 @@ def handles_for(model: mujoco.MjModel, arm: ArmGeometry = ARM) -> SceneHandles:
         object_qpos=int(model.jnt_qposadr[obj_j]),
         object_dof=int(model.jnt_dofadr[obj_j]),
         object_geoms={s: model.geom(f"obj_{s}").id for s in SHAPES},
+        crushed_geoms={
+            s: tuple(model.geom(f"obj_{s}_crushed{i}").id for i in range(1, CRUSH_MESH_STAGES + 1))
+            for s in SHAPES
+            if s.startswith("mesh_")
+        },
         finger_pads=(model.geom("pad_left").id, model.geom("pad_right").id),
         touch_adr=(int(touch[0].adr[0]), int(touch[1].adr[0])),
         tcp_site=model.site("tcp").id,

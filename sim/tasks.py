@@ -25,6 +25,7 @@ import numpy as np
 
 from metagrasp.errors import ConfigError, TaskParamError, UnknownNameError
 from metagrasp.sim.objects import (
+    CRUSH_COLLAPSE,
     MAX_HALF_HEIGHT,
     MAX_HALF_WIDTH,
     MIN_HALF_HEIGHT,
@@ -499,10 +500,10 @@ def apply_task(
     does) so the solver's mass-dependent constants follow the new object.
     """
     for shape, gid in handles.object_geoms.items():
-        active = shape == params.shape
-        model.geom_contype[gid] = 1 if active else 0
-        model.geom_conaffinity[gid] = 2 | 4 if active else 0
-        model.geom_rgba[gid, 3] = 1.0 if active else 0.0
+        _enable_geom(model, gid, shape == params.shape)
+    for stages in handles.crushed_geoms.values():
+        for gid in stages:
+            _enable_geom(model, gid, False)
     gid = handles.object_geoms[params.shape]
     if params.shape in PRIMITIVES:
         model.geom_size[gid] = params.size
@@ -524,6 +525,41 @@ def apply_task(
     model.dof_armature[handles.arm_dofs_all] = (
         nominal.armature[handles.arm_dofs_all] * params.armature
     )
+
+
+def _enable_geom(model: Any, gid: int, on: bool) -> None:
+    """Make a candidate object geom collide and show (``on``) or vanish."""
+    model.geom_contype[gid] = 1 if on else 0
+    model.geom_conaffinity[gid] = 2 | 4 if on else 0
+    model.geom_rgba[gid, 3] = 1.0 if on else 0.0
+
+
+def collapse_object(model: Any, params: TaskParams, handles: Any, progress: float) -> int:
+    """Crush the active object in place: shrink it ``progress`` (0 .. 1) of the way to
+    ``CRUSH_COLLAPSE`` of its size, about its centre.
+
+    The env calls this every physics step of the collapse (``CRUSH_COLLAPSE_SECONDS``, from
+    ``CRUSH_COLLAPSE_DELAY`` after the grip exceeded the crush limit); the next
+    :func:`apply_task` restores the intact object. Mass, inertia and friction stay: the
+    object gave way, it did not vanish. A primitive shrinks its own geom; a mesh swaps to its
+    nearest collapsed copy (compiled meshes cannot be rescaled).
+
+    Returns:
+        The id of the object's collision geom from now on.
+    """
+    progress = min(max(float(progress), 0.0), 1.0)
+    gid = handles.object_geoms[params.shape]
+    if params.shape in PRIMITIVES:
+        model.geom_size[gid] = np.asarray(params.size) * (1.0 - (1.0 - CRUSH_COLLAPSE) * progress)
+        return gid
+    stages = handles.crushed_geoms[params.shape]
+    stage = int(round(progress * len(stages)))
+    new = stages[stage - 1] if stage else gid
+    model.geom_friction[new] = model.geom_friction[gid]
+    model.geom_rgba[new, :3] = model.geom_rgba[gid, :3]
+    for g in (gid, *stages):
+        _enable_geom(model, g, g == new)
+    return new
 
 
 def _colour(p: TaskParams) -> tuple[float, float, float]:

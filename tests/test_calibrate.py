@@ -13,9 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from metagrasp.actions import EE_ACTION_NAMES, OBS_NAMES
 from metagrasp.adapt.calibrate import CalibrateConfig, calibrate, format_table
 from metagrasp.adapt.calibration_file import (
     Calibration,
@@ -24,18 +22,15 @@ from metagrasp.adapt.calibration_file import (
     load_calibration,
     save_calibration,
 )
-from metagrasp.adapt.reward import DeviceReward
+from metagrasp.adapt.reward import DeviceReward, RewardConfig
 from metagrasp.adapt.runtime import load_bundle
 from metagrasp.errors import ConfigError
-from metagrasp.export.metadata import env_facts
-from metagrasp.export.writer import write_bundle
 from metagrasp.hardware.control_loop import LoopConfig
 from metagrasp.hardware.recorder import load_recording
 from metagrasp.hardware.robot_config import virtual_arm_config
-from metagrasp.policies.base import EnvSpec
-from metagrasp.policies.cavia import CAVIA, CAVIAConfig
 from metagrasp.sim.tasks import split_tasks
 from metagrasp.sim.virtual_robot import VirtualRobot
+from tests.bundles import GRASP_SPEC, cavia_bundle, grip_bundle, write_plan
 
 pytestmark = [
     pytest.mark.skipif(sys.platform == "win32", reason="needs os.openpty"),
@@ -45,38 +40,13 @@ pytestmark = [
 REPO = Path(__file__).resolve().parents[1]
 
 
-GRASP_SPEC = EnvSpec("grasp-lift", 33, 6, 11, 100, OBS_NAMES, EE_ACTION_NAMES)
 """The grasp families' spec, for bundles of untrained algorithms."""
-
-
-def write_plan(plan, spec, path):
-    """An algorithm's export plan written as a bundle, with the metadata the exporter
-    stamps from the env spec (no run, no parity checks); returns the policy file."""
-    meta = {
-        "algorithm": plan.algorithm,
-        "obs_names": list(spec.obs_names),
-        "action_names": list(spec.action_names),
-        "adaptation": plan.adaptation,
-        "exploration": plan.exploration,
-        **env_facts(spec),
-    }
-    write_bundle(plan, meta, path)
-    return str(path)
-
-
-def _cavia_bundle(path, seed=0):
-    """A small CAVIA grasp bundle: gradient adaptation that needs rewards and explore()."""
-    algo = CAVIA(CAVIAConfig(inner_steps=1), GRASP_SPEC, seed)
-    with torch.no_grad():
-        for p in algo.net.parameters():
-            p.mul_(0.1)  # small actions: the untrained arm moves gently
-    return write_plan(algo.export_modules(), GRASP_SPEC, path)
 
 
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory):
     d = tmp_path_factory.mktemp("bundles")
-    return _cavia_bundle(d / "a" / "policy.onnx", 0), _cavia_bundle(d / "b" / "policy.onnx", 1)
+    return cavia_bundle(d / "a" / "policy.onnx", 0), cavia_bundle(d / "b" / "policy.onnx", 1)
 
 
 def _loop():
@@ -313,17 +283,10 @@ def test_latent_recurrent_and_reward_free_bundles_calibrate(tmp_path, name):
 
 
 # ------------------------------------------------- the grip search (sac-grip) on the device
-def _grip_bundle(path):
-    from metagrasp.policies.grip_search import GripSearch, GripSearchConfig
-
-    plan = GripSearch(GripSearchConfig(hidden=(16,)), GRASP_SPEC, 0).export_modules()
-    return write_plan(plan, GRASP_SPEC, path)
-
-
 def test_a_grip_search_bundle_needs_a_crush_judgement_and_searches_on_the_answers(tmp_path):
-    path = _grip_bundle(tmp_path / "grip" / "policy.onnx")
+    path = grip_bundle(tmp_path / "grip" / "policy.onnx")
     config = CalibrateConfig("egg", episodes=2, out=str(tmp_path / "egg.json"))
-    with pytest.raises(ConfigError, match="--ask .* or --max-grip"):
+    with pytest.raises(ConfigError, match="--ask .* --max-grip N .* or --detect-crush"):
         calibrate(path, virtual_arm_config("feetech"), "/dev/null", config, log=lambda s: None)
     config = CalibrateConfig("egg", episodes=2, out=str(tmp_path / "egg.json"), ask=True)
     prompts = []
@@ -352,3 +315,40 @@ def test_a_grip_search_bundle_needs_a_crush_judgement_and_searches_on_the_answer
     cal = load_calibration(report.file)
     assert cal.settings["adaptation"] == "grip_search"
     np.testing.assert_allclose(cal.state["grip"], [[math.sqrt(math.sqrt(2.0) * 4.0)]], rtol=1e-6)
+
+
+def test_the_device_can_judge_crushes_itself_for_a_grip_search(tmp_path):
+    """--detect-crush: no operator, no limit; the search runs on the device's own flags.
+    A recurrent bundle, which needs a reward every step, is refused before the arm moves."""
+    config = CalibrateConfig(
+        "cup",
+        episodes=1,
+        out=str(tmp_path / "cup.json"),
+        reward=RewardConfig(detect_collapse=True),
+    )
+    rl2 = _bundle_of("rl2", tmp_path / "rl2" / "policy.onnx")
+    with pytest.raises(ConfigError, match="--detect-crush judges whole episodes"):
+        calibrate(rl2, virtual_arm_config("feetech"), "/dev/null", config, log=lambda s: None)
+
+    def nobody(prompt):
+        raise AssertionError(f"asked {prompt!r} with no operator")
+
+    vr = VirtualRobot(virtual_arm_config("feetech")).start()
+    try:
+        report = calibrate(
+            grip_bundle(tmp_path / "grip" / "policy.onnx"),
+            vr.robot,
+            vr.path,
+            config,
+            pose_source=vr.pose_address,
+            loop=_loop(),
+            ask=nobody,
+            log=lambda s: None,
+        )
+    finally:
+        vr.stop()
+    (episode,) = report.episodes
+    assert not episode["device"]["crushed"]  # the untrained arm never squeezes the cup
+    # Not lifted, not crushed: more force, the log midpoint of 4 N and 20 N.
+    cal = load_calibration(report.file)
+    np.testing.assert_allclose(cal.state["grip"], [[math.sqrt(4.0 * 20.0)]], rtol=1e-6)

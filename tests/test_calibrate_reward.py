@@ -12,7 +12,7 @@ from metagrasp.errors import ConfigError
 from metagrasp.sim import scene
 from metagrasp.sim.grasp_env import CLOSE_RADIUS, LIFT_HEIGHT, EnvConfig, GraspEnv
 from metagrasp.sim.scripted import ScriptedGrasp, record_episode
-from metagrasp.sim.tasks import sample_task
+from metagrasp.sim.tasks import TaskParams, sample_task
 
 
 def test_constants_are_the_sims():
@@ -116,3 +116,56 @@ def test_per_step_rewards_carry_the_crush_as_the_episode_does(crushing_episodes)
 def test_a_bad_grip_limit_is_refused(bad):
     with pytest.raises(ConfigError, match="max_grip_n"):
         RewardConfig(max_grip_n=bad)
+
+
+# ------------------------------------------- --detect-crush: the crush from its collapse
+BOX = TaskParams(shape="box", size=(0.018, 0.03, 0.025), mass=0.1, friction=0.8)
+SEEN = RewardConfig(detect_collapse=True)
+
+
+@pytest.mark.parametrize(
+    "task, grip, crushed",
+    [
+        (BOX.replace(crush_limit=5.0), 8.0, True),  # crushed: it gives way, still lifted
+        (BOX.replace(crush_limit=5.0), 3.0, False),  # the same object held intact
+        (BOX.replace(mass=0.35, friction=0.4), 3.0, False),  # slips out: a drop, no crush
+        (BOX.replace(shape="sphere", size=(0.024, 0, 0), crush_limit=4.0), 8.0, True),
+    ],
+)
+def test_the_device_sees_a_crush_when_the_object_gives_way(task, grip, crushed):
+    env = GraspEnv(config=EnvConfig(task="grasp-lift"))
+    ep, info = _episode(env, task.replace(obs_noise=0.003), 0, grip)
+    assert info["crushed"] == crushed
+    out = DeviceReward(SEEN).episode(ep["obs"], ep["actions"], ep["next_obs"])
+    assert out.crushed == crushed and out.success == info["success"]
+    blind = DeviceReward().episode(ep["obs"], ep["actions"], ep["next_obs"])
+    assert not blind.crushed
+    if crushed:
+        assert blind.success  # blind, the crushed lift counts as a success
+        # The crush counts from the collapse on: no more grasp rewards, one penalty.
+        assert out.episode_return < blind.episode_return - 50
+        assert out.rewards[out.rewards < -5].size == 1
+
+
+def test_collapse_detection_judges_whole_episodes_only(crushing_episodes):
+    _, ep, _ = crushing_episodes[0]
+    judge = DeviceReward(SEEN)
+    with pytest.raises(ConfigError, match="whole episodes"):
+        judge.step(ep["obs"][0], ep["actions"][0], ep["next_obs"][0], 0.0)
+    # With the limit known the limit decides, step by step as for the episode.
+    known = DeviceReward(RewardConfig(max_grip_n=5.0, detect_collapse=True))
+    known.step(ep["obs"][0], ep["actions"][0], ep["next_obs"][0], 0.0)
+
+
+@pytest.mark.parametrize(
+    "field, bad",
+    [
+        ("collapse_drop", 1.0),
+        ("collapse_window", 0),
+        ("collapse_horizon", 2.5),
+        ("collapse_fall", 0.0),
+    ],
+)
+def test_bad_collapse_settings_are_refused(field, bad):
+    with pytest.raises(ConfigError, match=field.split("_")[0]):
+        RewardConfig(detect_collapse=True, **{field: bad})

@@ -25,9 +25,9 @@ def test_demo_help_points_each_step_at_real_hardware():
 
 
 def test_the_demo_runs_end_to_end_on_the_virtual_robot(tmp_path, capsys):
-    from tests.test_calibrate import _cavia_bundle
+    from tests.bundles import cavia_bundle
 
-    bundle = _cavia_bundle(tmp_path / "b" / "policy.onnx")
+    bundle = cavia_bundle(tmp_path / "b" / "policy.onnx")
     out = tmp_path / "demo"
     rc = main(
         [
@@ -81,9 +81,9 @@ def test_the_shipped_bundles_are_installed_with_the_package():
 def test_the_demo_calibrates_a_grip_search_bundle_with_the_simulator_as_operator(tmp_path, capsys):
     """A sac-grip bundle needs a crush judgement per episode: on the virtual robot,
     without --max-grip, the simulator answers calibrate --ask's two questions."""
-    from tests.test_calibrate import _grip_bundle
+    from tests.bundles import grip_bundle
 
-    bundle = _grip_bundle(tmp_path / "b" / "policy.onnx")
+    bundle = grip_bundle(tmp_path / "b" / "policy.onnx")
     out = tmp_path / "demo"
     args = ["demo", "--bundle", bundle, "--out", str(out), "--episodes", "2"]
     args += ["--eval-episodes", "0", "--episode-seconds", "0.4", "--park-seconds", "0.2"]

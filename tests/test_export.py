@@ -15,12 +15,13 @@ from metagrasp.adapt.runtime import load_bundle
 from metagrasp.cli import main
 from metagrasp.export import exporter
 from metagrasp.export.parity import TOLERANCE, graph_parity
-from metagrasp.export.writer import OPSET, ExportError, write_bundle
+from metagrasp.export.writer import OPSET, ExportError
 from metagrasp.policies.base import EnvSpec
 from metagrasp.policies.cavia import CAVIA, CAVIAConfig
 from metagrasp.policies.collect import Episodes
 from metagrasp.policies.networks import gae as torch_gae
 from metagrasp.policies.ppo import PPO, PPOConfig
+from tests.bundles import write_plan
 
 EXPORTABLE = ("ppo", "ppo-oracle", "sac", "sac-oracle", "cavia", "pearl", "rl2")
 
@@ -128,20 +129,7 @@ def test_cavia_adapt_graph_matches_autograd_at_grasp_sizes():
 def test_runtime_adapt_equals_training_adapt(tmp_path):
     """Device adapt (critic graph + numpy GAE + adapt graph) == CAVIA.adapt, 3 episodes."""
     algo = grasp_cavia(seed=3)
-    plan = algo.export_modules()
-    meta = {
-        "algorithm": "cavia",
-        "obs_names": list(algo.spec.obs_names),
-        "action_names": list(algo.spec.action_names),
-        "action_low": [-1.0] * 6,
-        "action_high": [1.0] * 6,
-        "action_scale": [1.0] * 6,
-        "episode_length": 100,
-        "adaptation": plan.adaptation,
-        "exploration": plan.exploration,
-    }
-    write_bundle(plan, meta, tmp_path / "p.onnx")
-    bundle = load_bundle(tmp_path / "p.onnx")
+    bundle = load_bundle(write_plan(algo.export_modules(), algo.spec, tmp_path / "p.onnx"))
     rng = np.random.default_rng(0)
     eps = synthetic_episodes(algo, 3, rng)
     want = algo.adapt(algo.init_state(1), eps).numpy()

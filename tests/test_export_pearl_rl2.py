@@ -16,11 +16,12 @@ import torch
 
 from metagrasp.adapt.runtime import load_bundle
 from metagrasp.export.parity import TOLERANCE, graph_parity, rollout_parity
-from metagrasp.export.writer import trace, write_bundle
+from metagrasp.export.writer import trace
 from metagrasp.policies.base import EnvSpec
 from metagrasp.policies.collect import Episodes
 from metagrasp.policies.pearl import PEARL, PEARLConfig
 from metagrasp.policies.rl2 import RL2, RL2Config
+from tests.bundles import write_plan
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -60,19 +61,7 @@ def tiny(name: str, spec: EnvSpec = POINT, **cfg):
 
 def bundle_of(algo, path):
     plan = algo.export_modules()
-    s = algo.spec
-    meta = {
-        "algorithm": algo.name,
-        "obs_names": list(s.obs_names),
-        "action_names": list(s.action_names),
-        "action_low": [-1.0] * s.act_dim,
-        "action_high": [1.0] * s.act_dim,
-        "action_scale": [1.0] * s.act_dim,
-        "episode_length": s.max_steps,
-        "adaptation": {"reward_free": True, "restart": False, **plan.adaptation},
-        "exploration": plan.exploration,
-    }
-    write_bundle(plan, meta, path)
+    write_plan(plan, algo.spec, path, reward_free=True, restart=False)
     return plan, load_bundle(path)
 
 

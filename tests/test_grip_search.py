@@ -87,6 +87,41 @@ def test_adapt_lowers_after_a_crush_raises_after_a_drop_and_keeps_a_lift():
         algo.adapt(algo.init_state(3), [first, second])
 
 
+def test_judge_device_searches_on_what_the_robot_sees_not_the_sims_flags():
+    """``algo.judge=device``: lifted and crushed from the recorded observations
+    (``DeviceReward`` with ``detect_collapse``), as ``calibrate --detect-crush`` does."""
+    from metagrasp.sim.grasp_env import EnvConfig, GraspEnv
+    from metagrasp.sim.scripted import ScriptedGrasp, record_episode
+    from metagrasp.sim.tasks import TaskParams
+
+    box = TaskParams(shape="box", size=(0.018, 0.03, 0.025), mass=0.1, crush_limit=5.0)
+    env = GraspEnv(config=EnvConfig(task="grasp-lift"))
+    eps = []
+    for grip in (8.0, 3.0):  # crushes it (still lifted); lifts it intact
+        ep, info = record_episode(
+            env, lambda g=grip: ScriptedGrasp(box, grip_force=g, config=env.config), seed=0,
+            options={"task": box, "object_pose": (0.2, 0.0, 0.0)},
+        )  # fmt: skip
+        assert info["crushed"] == (grip == 8.0) and info["success"] == (grip == 3.0)
+        eps.append(ep)
+    env.close()
+    fields = ("obs", "actions", "rewards", "next_obs", "dones")
+    block = Episodes(
+        *(np.stack([e[k] for e in eps]) for k in fields),
+        np.ones((2, len(eps[0]["obs"])), np.float32), np.zeros((2, 11), np.float32),
+        np.array([False, True]), crushed=np.array([True, False]), gripped=np.ones(2, bool),
+    )  # fmt: skip
+    _, algo, _ = tiny(judge="device")
+    lifted, crushed = algo._judge(block)
+    assert lifted.tolist() == [False, True] and crushed.tolist() == [True, False]
+    # The sim's flags say the same here, so both judges search alike; a blind device
+    # would have called the crushed lift a success and kept 4 N.
+    state = algo.adapt(algo.init_state(2), [block])
+    assert state["grip"] == pytest.approx([math.sqrt(0.5 * 4), 4.0])
+    with pytest.raises(ConfigError, match="algo.judge"):
+        tiny(judge="operator")
+
+
 def test_retry_misses_keeps_the_grip_after_an_episode_that_never_squeezed():
     assert next_grip([(4.0, False, False, False)], 4.0, 0.5, 20.0) == 4.0  # a miss
     assert next_grip([(4.0, False, False, True)], 4.0, 0.5, 20.0) == pytest.approx(80**0.5)
@@ -232,7 +267,7 @@ def test_the_dr_line_exports_without_adaptation_and_the_oracle_line_is_refused(t
     from metagrasp.adapt.runtime import load_bundle
     from metagrasp.export.parity import graph_parity
     from metagrasp.export.writer import ExportError, trace
-    from tests.test_calibrate import write_plan
+    from tests.bundles import write_plan
 
     for name in ("sac-grip-dr", "sac-grip"):
         overrides = {"run": {"num_envs": 2, "workers": 0}, "algo": dict(TINY)}
@@ -392,7 +427,7 @@ def test_the_squeeze_guard_caps_a_position_target_that_closes_on_a_held_object()
 
 def test_a_bundle_with_retry_misses_needs_the_gripped_flag_and_retries_a_miss(tmp_path):
     from metagrasp.adapt.runtime import BundleInputError, load_bundle
-    from tests.test_calibrate import write_plan
+    from tests.bundles import write_plan
 
     env, algo, _ = tiny(retry_misses=True)
     spec = algo.spec

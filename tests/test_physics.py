@@ -5,9 +5,11 @@ object only survives a gentle grip and a heavy, slippery one only lifts with a f
 so no single non-adaptive grip solves both: exactly the gap meta-RL must close.
 """
 
+import numpy as np
 import pytest
 
 from metagrasp.sim.grasp_env import GraspEnv
+from metagrasp.sim.objects import CRUSH_COLLAPSE_DELAY
 from metagrasp.sim.scripted import ScriptedGrasp, run_episode
 from metagrasp.sim.tasks import TaskParams
 
@@ -46,3 +48,46 @@ def test_no_single_grip_solves_both(grip):
     fragile = BOX.replace(crush_limit=5.0)
     heavy = BOX.replace(mass=0.35, friction=0.4)
     assert not (_outcome(fragile, grip)["success"] and _outcome(heavy, grip)["success"])
+
+
+def _trace(task, grip_force):
+    """Per step of a scripted grasp: (opening, object height, crushed)."""
+    env = GraspEnv()
+    obs, _ = env.reset(seed=0, options={"task": task, **POSE})
+    policy, rows = ScriptedGrasp(task, grip_force=grip_force), []
+    for _ in range(env.config.max_steps):
+        obs, _, term, trunc, info = env.step(policy(obs))
+        rows.append((float(obs[12]), float(obs[25]), info["crushed"]))
+        if term or trunc:
+            break
+    return env, np.array(rows)
+
+
+@pytest.mark.parametrize("shape", ["box", "mesh_3"])
+def test_a_crushed_object_gives_way_a_moment_later_and_stays_between_the_fingers(shape):
+    """The crush's trace (sim.objects.CRUSH_COLLAPSE): fingers stopped on the object hold
+    still for CRUSH_COLLAPSE_DELAY, then close by about 40 %; the object is still lifted
+    (a crushed cup stays in the hand), and the next episode's object is intact."""
+    task = BOX.replace(crush_limit=5.0, shape=shape)
+    env, rows = _trace(task, 8.0)
+    crush = int(np.argmax(rows[:, 2]))
+    assert rows[crush, 2] and crush > 0
+    delay = round(CRUSH_COLLAPSE_DELAY * env.config.control_hz)
+    stopped = rows[crush : crush + delay, 0]
+    assert np.ptp(stopped) < 0.15 * stopped.mean()  # no trace yet
+    after = rows[crush + delay + 6 : crush + delay + 10, 0]
+    assert np.all(after < 0.75 * stopped.mean()) and np.all(after > 0.4 * stopped.mean())
+    assert rows[-1, 1] - rows[0, 1] > 0.05  # still lifted, though crushed
+    # An intact object holds the fingers where they stopped.
+    _, intact = _trace(task, 3.0)
+    assert not intact[:, 2].any()
+    held = intact[crush : crush + delay + 10, 0]
+    assert np.ptp(held) < 0.1 * held.mean()
+    # The next reset restores the object (its size, or its intact mesh).
+    geom = env.h.object_geoms[shape]
+    env.reset(seed=1, options={"task": task, **POSE})
+    assert env.model.geom_contype[geom] == 1
+    for stages in env.h.crushed_geoms.values():
+        assert not env.model.geom_contype[list(stages)].any()
+    if shape == "box":
+        np.testing.assert_allclose(env.model.geom_size[geom], task.size)

@@ -5,22 +5,17 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
-from metagrasp.actions import EE_ACTION_NAMES, OBS_NAMES
 from metagrasp.adapt.runtime import load_bundle
 from metagrasp.errors import ConfigError
-from metagrasp.export.metadata import env_facts
-from metagrasp.export.writer import write_bundle
 from metagrasp.hardware.control_loop import LoopConfig
 from metagrasp.hardware.deploy import deploy
 from metagrasp.hardware.emulator import FaultSpec
 from metagrasp.hardware.policies import BundlePolicy, load_policy
 from metagrasp.hardware.recorder import load_recording
 from metagrasp.hardware.robot_config import virtual_arm_config
-from metagrasp.policies.base import EnvSpec
-from metagrasp.policies.cavia import CAVIA, CAVIAConfig
 from metagrasp.sim.virtual_robot import VirtualRobot
+from tests.bundles import cavia_bundle
 
 pytestmark = [
     pytest.mark.skipif(sys.platform == "win32", reason="needs os.openpty"),
@@ -28,27 +23,8 @@ pytestmark = [
 ]
 
 
-def _grasp_bundle(path):
-    spec = EnvSpec("grasp-lift", 33, 6, 11, 100, OBS_NAMES, EE_ACTION_NAMES)
-    algo = CAVIA(CAVIAConfig(inner_steps=1), spec, 0)
-    with torch.no_grad():
-        for p in algo.net.parameters():
-            p.mul_(0.1)  # small actions: the untrained arm moves gently
-    plan = algo.export_modules()
-    meta = {
-        "algorithm": "cavia",
-        "obs_names": list(OBS_NAMES),
-        "action_names": list(EE_ACTION_NAMES),
-        "adaptation": plan.adaptation,
-        "exploration": plan.exploration,
-        **env_facts(spec),
-    }
-    write_bundle(plan, meta, path)
-    return path
-
-
 def test_an_onnx_bundle_deploys_and_its_episodes_feed_adapt(tmp_path):
-    path = _grasp_bundle(tmp_path / "policy.onnx")
+    path = cavia_bundle(tmp_path / "policy.onnx")
     policy = load_policy(str(path))
     assert isinstance(policy, BundlePolicy)
     assert (policy.spec.task, policy.spec.action_mode, policy.spec.control_hz) == (
