@@ -388,8 +388,9 @@ def calibrate(
     if not sees_crush and not needs_crush:
         # Blind to crushing, the device pays a crushed object's grasp like any other.
         log(
-            "  no --max-grip: the device cannot see if the object is crushed; "
-            "for a fragile object give the grip force per pad (N) it tolerates"
+            "  no --max-grip or --detect-crush: the device cannot see if the object is "
+            "crushed; for a fragile object give the grip force per pad (N) it tolerates, or "
+            "--detect-crush if it gives way when crushed"
         )
     wanted = {
         "before": config.eval_episodes,

@@ -433,6 +433,80 @@ def render_calibration(sdir: Path, rec: dict[str, Any]) -> list[Table]:
 # --- Ray scale-out ----------------------------------------------------------------------
 
 
+def render_judging(sdir: Path, rec: dict[str, Any]) -> list[Table]:
+    tables = []
+    for split in ("test", "hard"):
+        path = sdir / f"device-reward-{split}.json"
+        if not path.exists():
+            continue
+        res = json.loads(path.read_text())
+        md = [
+            "| judge | episodes | success sim / device | agreement | return gap device − sim, "
+            "mean [p5, p95] |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for judge, label in (
+            ("blind", "blind"),
+            ("known_limit", "limit known (--max-grip)"),
+            ("collapse", "object gives way (--detect-crush)"),
+        ):
+            for subset in ("all", "crushed", "intact"):
+                c = res[judge][subset]
+                if not c["episodes"]:
+                    continue
+                lo, hi = c["return_gap_p5_p95"]
+                md.append(
+                    f"| {label}, {subset} | {c['episodes']} | {c['success_sim']:.2f} / "
+                    f"{c['success_device']:.2f} | {c['success_agreement']:.2f} | "
+                    f"{c['return_gap_mean']:+.1f} [{lo:+.1f}, {hi:+.1f}] |"
+                )
+        c = res["collapse"]
+        note = (
+            f"--detect-crush found {_fmt(c['crushes_found'])} of the crushes and called "
+            f"{_fmt(c['false_crushes'])} of the intact episodes crushed."
+        )
+        title = f"Device judgement of scripted grasps, `{split}` (3 / 8 / 15 N)"
+        tables.append(_table(rec, f"device_reward-{split}", title, md, note=note))
+    lines = (
+        ("adaptive", "bisection, the sim's flags (an operator)"),
+        ("adaptive_prior", "prior search, the sim's flags"),
+        ("adaptive_device", "bisection, the device's judgement (--detect-crush)"),
+    )
+    for split in ("test", "hard"):
+        path = sdir / f"scripted-grip-{split}.json"
+        if not path.exists():
+            continue
+        res = json.loads(path.read_text())
+        rules, best, lift = res["rules"], res["best_fixed"], res["best_lift_only"]
+        md = ["| grip rule | success k = 0 / 1 / 2 / 3 | gap closure k = 3 |", "|---|---|---:|"]
+        md.append(f"| privileged (oracle) | {rules['privileged']['success']:.3f} | 1 |")
+        md.append(f"| best fixed: {best} (DR) | {rules[best]['success']:.3f} | 0 |")
+        md.append(
+            f"| blind to the crush limit, best: {lift} | {rules[lift]['success']:.3f} | "
+            f"{_fmt(res['lift_only_gap_closure'])} |"
+        )
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        for key, label in lines:
+            a = res[key]
+            md.append(
+                f"| {label} | {' / '.join(f'{x:.3f}' for x in a['success'])} | "
+                f"{_fmt(a['gap_closure_k3'])} |"
+            )
+            ax.plot(range(len(a["success"])), a["success"], marker="o", label=label)
+        ax.axhline(rules["privileged"]["success"], color="black", ls="--", label="privileged")
+        ax.axhline(rules[best]["success"], color="grey", ls=":", label=f"best fixed ({best})")
+        ax.set(xlabel="calibration episodes k", ylabel="success", title=f"scripted grasp, {split}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        png = _save(fig, sdir / f"scripted_grip_{split}.png")
+        title = (
+            f"Scripted grasp, `{split}`: {res['tasks']} tasks x {len(res['seeds'])} seeds, "
+            f"gap {res['gap_points']:.1f} points"
+        )
+        tables.append(_table(rec, f"scripted_grip-{split}", title, md, [png]))
+    return tables
+
+
 def render_ray(sdir: Path, rec: dict[str, Any]) -> list[Table]:
     data = json.loads((sdir / "ray_scaling.json").read_text())
     rows = data["results"]

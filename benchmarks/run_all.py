@@ -16,7 +16,7 @@ Runs each section's benchmark command(s) -- the same scripts and arguments as
 the others go on, and the sections of an earlier run into the same folder stay in the
 report until they are run again (``--only`` re-runs a subset). A section whose benchmark
 is not available (``ray`` without the ``ray`` extra installed) is reported as
-skipped. Sections: sim, point-nav, grasp-lift, policy, quant, soak, calibration, ray.
+skipped. Sections: sim, point-nav, grasp-lift, policy, quant, soak, calibration, judging, ray.
 
 Training sections reuse finished runs: ``benchmarks/meta_rl.py`` skips a run whose
 checkpoint reached its budget and reuses cached evaluations, and ``--runs DIR`` points
@@ -366,6 +366,21 @@ def calibration_steps(ctx: Context, sdir: Path) -> list[Step]:
     return [Step("calibration", py("calibration.py", *args, "--json", out))]
 
 
+def judging_steps(ctx: Context, sdir: Path) -> list[Step]:
+    """The device's judgement of scripted episodes, and the scripted grip rules' bounds."""
+    budgets = {
+        "device_reward": ["--episodes", "9"] if ctx.quick else ["--episodes", "90"],
+        "scripted_grip": ["--seeds", "0", "--tasks", "4"] if ctx.quick else ["--seeds", "0", "1"],
+    }
+    steps = []
+    for script, budget in budgets.items():
+        for split in ("test", "hard"):
+            out = str(sdir / f"{script.replace('_', '-')}-{split}.json")
+            argv = py(f"{script}.py", "--split", split, *budget, "--json", out)
+            steps.append(Step(f"{script}-{split}", argv))
+    return steps
+
+
 def ray_steps(ctx: Context, sdir: Path) -> list[Step]:
     # The arguments of benchmarks/ray_scaling.py's own usage line; keep them equal to the
     # command printed beside its table in the docs (docs/SCALING.md / BENCHMARKS.md).
@@ -449,6 +464,13 @@ SECTIONS: dict[str, Section] = {
             "On-device calibration (issue #7)",
             calibration_steps,
             render.render_calibration,
+        ),
+        Section(
+            "judging",
+            "Judging episodes on the device; what the grip search reaches with a scripted motion",
+            "Device reward vs the sim's (issue #7) / scripted grip bounds (issue #3, #9)",
+            judging_steps,
+            render.render_judging,
         ),
         Section(
             "ray",

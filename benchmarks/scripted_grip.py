@@ -25,7 +25,11 @@ before (:func:`next_grip`: a bisection on the log of the force, down after a cru
 after a drop), and the same search with a prior learned from training objects
 (:func:`next_grip_prior`: the grip most likely to lie inside the object's window, given
 the outcomes). Their success at k = 3 against the two others is the gap closure that
-adapting the grip alone can reach with this motion.
+adapting the grip alone can reach with this motion. The bisection runs twice: on the
+sim's flags (what an operator answers) and on the device's own judgement of each
+recorded episode (:class:`~metagrasp.adapt.reward.DeviceReward` with
+``detect_collapse``: lifted from the recorded observations, crushed from the object giving
+way), the search as it runs on a robot with neither reward nor operator.
 
     python benchmarks/scripted_grip.py --split test --seeds 0 1 --json out.json
 """
@@ -41,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from metagrasp.adapt.reward import DeviceReward, RewardConfig
 from metagrasp.grip_search import next_grip as search_grip
 from metagrasp.grip_search import next_grip_prior as search_grip_prior
 from metagrasp.sim.registry import family_split_tasks, make_env
@@ -49,6 +54,7 @@ from metagrasp.sim.scripted import (
     GRIP_FORCE_MIN,
     ScriptedGrasp,
     privileged_grip,
+    record_episode,
     run_episode,
     training_grip_windows,
 )
@@ -91,9 +97,11 @@ def next_grip(outcomes: list[tuple[float, bool, bool]]) -> float:
     return search_grip(outcomes, BEST_FIXED_GRIP_N, GRIP_FORCE_MIN, GRIP_FORCE_MAX)
 
 
-def measure(split: str, seeds: tuple[int, ...]) -> dict:
-    """Success of each grip rule on every (task, seed) pair, overall and per object class."""
+def measure(split: str, seeds: tuple[int, ...], max_tasks: int = 0) -> dict:
+    """Success of each grip rule on every (task, seed) pair, overall and per object class
+    (the first ``max_tasks`` tasks of the split if > 0: a smoke check)."""
     tasks = family_split_tasks("grasp-lift", split)
+    tasks = tasks[:max_tasks] if max_tasks > 0 else tasks
     fragile = np.array([t.fragile for t in tasks])
     env = make_env("grasp-lift", split=split)
     rules: dict[str, Callable[[Any], float]] = {
@@ -105,12 +113,26 @@ def measure(split: str, seeds: tuple[int, ...]) -> dict:
     crushed = {name: np.zeros((len(seeds), len(tasks)), bool) for name in rules}
     adaptive = np.zeros((ADAPT_K + 1, len(seeds), len(tasks)), bool)
     adaptive_prior = np.zeros_like(adaptive)
+    adaptive_device = np.zeros_like(adaptive)
     windows = training_grip_windows()
+    device = DeviceReward(RewardConfig(detect_collapse=True))
 
     def episode(task, force: float, seed: int) -> tuple[bool, bool]:
         policy = ScriptedGrasp(task, grip_force=force, config=env.unwrapped.config)
         res = run_episode(env, policy, seed=seed, options={"task": task})
         return res["success"], res["crushed"]
+
+    def judged(task, force: float, seed: int) -> tuple[bool, bool, bool]:
+        """(the sim's success, the device's lifted, the device's crushed)."""
+        config = env.unwrapped.config
+        ep, info = record_episode(
+            env,
+            lambda: ScriptedGrasp(task, grip_force=force, config=config),
+            seed=seed,
+            options={"task": task},
+        )
+        out = device.episode(ep["obs"], ep["actions"], ep["next_obs"])
+        return bool(info["success"]), out.success and not out.crushed, out.crushed
 
     try:
         for si, seed in enumerate(seeds):
@@ -124,6 +146,12 @@ def measure(split: str, seeds: tuple[int, ...]) -> dict:
                         ok, crush = episode(task, force, 1000 * (seed + 1) + k)
                         out[k, si, ti] = ok
                         outcomes.append((force, ok, crush))
+                outcomes = []
+                for k in range(ADAPT_K + 1):
+                    force = next_grip(outcomes)
+                    ok, lifted, crush = judged(task, force, 1000 * (seed + 1) + k)
+                    adaptive_device[k, si, ti] = ok
+                    outcomes.append((force, lifted, crush))
     finally:
         env.close()
 
@@ -155,6 +183,7 @@ def measure(split: str, seeds: tuple[int, ...]) -> dict:
     return {
         "adaptive": adapt,
         "adaptive_prior": adapt_prior,
+        "adaptive_device": adapt_cells(adaptive_device),
         "split": split,
         "seeds": list(seeds),
         "tasks": len(tasks),
@@ -175,9 +204,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--split", default="test", choices=["test", "hard"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="episode seeds")
+    ap.add_argument("--tasks", type=int, default=0, help="only the first N tasks (0: all)")
     ap.add_argument("--json", default=None, help="write the result here")
     args = ap.parse_args()
-    res = measure(args.split, tuple(args.seeds))
+    res = measure(args.split, tuple(args.seeds), args.tasks)
     print(
         f"{args.split}: {res['tasks']} tasks ({res['fragile_tasks']} fragile) x "
         f"{len(res['seeds'])} seeds, scripted grasp"
@@ -195,7 +225,11 @@ def main() -> int:
         f"blind to the crush limit, best {res['best_lift_only']}: gap closure "
         f"{res['lift_only_gap_closure']:.2f}"
     )
-    for key, label in (("adaptive", "adaptive"), ("adaptive_prior", "adaptive, prior")):
+    for key, label in (
+        ("adaptive", "adaptive"),
+        ("adaptive_prior", "adaptive, prior"),
+        ("adaptive_device", "adaptive, device judges"),
+    ):
         a = res[key]
         print(
             f"{label} (k = 0..3): "

@@ -109,6 +109,12 @@ def add_demo_parser(sub: Any, handler: Any) -> None:
         metavar="N",
         help="grip force per pad (N) the object tolerates, as `calibrate --max-grip`",
     )
+    p.add_argument(
+        "--detect-crush",
+        action="store_true",
+        help="the device finds crushes by itself, as `calibrate --detect-crush` (a "
+        "grip-search bundle then needs no operator)",
+    )
     p.add_argument("--episode-seconds", type=float, default=0.0, help="shorter episodes (s)")
     p.add_argument("--park-seconds", type=float, default=1.5, help="park before each episode")
     p.add_argument("--settle-seconds", type=float, default=0.5, help="hold before each episode")
@@ -312,7 +318,8 @@ def run_demo(args: argparse.Namespace) -> int:
             f"--eval-episodes {args.eval_episodes} --out {cal_file}"
         )
         ask, answer = args.ask, input
-        if vr is not None and bundle.needs_crush_judgement and not ask and args.max_grip is None:
+        sees = args.max_grip is not None or args.detect_crush
+        if vr is not None and bundle.needs_crush_judgement and not ask and not sees:
             # A grip search needs a crush judgement per episode; on a real arm the
             # operator gives it (--ask), here the simulator plays the operator.
             ask, answer = True, vr.answer
@@ -324,7 +331,7 @@ def run_demo(args: argparse.Namespace) -> int:
             out=str(cal_file),
             ask=ask,
             seed=args.seed,
-            reward=RewardConfig(max_grip_n=args.max_grip),
+            reward=RewardConfig(max_grip_n=args.max_grip, detect_collapse=args.detect_crush),
         )
         report = calibrate(
             str(bundle_path),

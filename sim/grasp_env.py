@@ -443,16 +443,27 @@ class GraspEnv(gym.Env):
         a real one would: the only trace of a crush the robot can see (its fingers close
         further under the same load). Shrunk every physics step, so the pads follow."""
         m, d = self.model, self.data
-        for _ in range(n):
-            progress = (d.time - self._collapse_at) / CRUSH_COLLAPSE_SECONDS
-            if progress >= 0.0:
-                self._obj_geom = collapse_object(m, self.task, self.h, progress)
-            if progress >= 1.0:
-                self._collapse_at = None
-                mujoco.mj_step(m, d, nstep=n)  # the rest of the control step, collapsed
+        for i in range(n):
+            self.advance_collapse()
+            if self._collapse_at is None:
+                mujoco.mj_step(m, d, nstep=n - i)  # the rest of the control step, collapsed
                 return
             mujoco.mj_step(m, d)
-            n -= 1
+
+    def advance_collapse(self) -> None:
+        """Shrink a crushed object to where its collapse stands at the current sim time.
+
+        Whoever steps this env's physics calls it before every physics step: :meth:`step`
+        does, and so does the virtual robot, which steps physics in real time itself. A
+        no-op unless a crushed object is collapsing.
+        """
+        if self._collapse_at is None:
+            return
+        progress = (self.data.time - self._collapse_at) / CRUSH_COLLAPSE_SECONDS
+        if progress >= 0.0:
+            self._obj_geom = collapse_object(self.model, self.task, self.h, progress)
+        if progress >= 1.0:
+            self._collapse_at = None
 
     @property
     def _tcp_target(self) -> np.ndarray:

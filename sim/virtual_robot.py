@@ -376,6 +376,7 @@ class VirtualRobot:
                 self.physics_lag_events += 1
                 next_step = now  # too far behind (machine stalled): skip, don't fast-forward
             while next_step <= now:
+                self.env.advance_collapse()  # a crushed object gives way (sim.objects)
                 mujoco.mj_step(m, d)
                 self.steps += 1
                 next_step += dt

@@ -1,7 +1,8 @@
 """benchmarks/run_all.py: the report's stamps, plots and failure isolation (quick budgets).
 
-Runs the cheapest sections only (simulation throughput and policy latency, about 30 s on
-2 cores); the training, soak and calibration sections run the same code path.
+Runs the cheapest sections only (simulation throughput, policy latency and the device's
+judgement, about 45 s on 2 cores); the training, soak and calibration sections run the
+same code path.
 """
 
 import dataclasses
@@ -31,7 +32,7 @@ def _run_all(*args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def report(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bench-report")
-    res = _run_all("--quick", "--only", "sim", "policy", "--out", str(out))
+    res = _run_all("--quick", "--only", "sim", "policy", "judging", "--out", str(out))
     assert res.returncode == 0, res.stdout + res.stderr
     return out
 
@@ -43,7 +44,7 @@ def _git(*args: str) -> subprocess.CompletedProcess:
 def test_every_table_is_stamped_and_has_its_plots(report):
     text = (report / "REPORT.md").read_text()
     tables = text.count("\n### ")
-    assert tables >= 3  # sim throughput, sim targets, policy latency
+    assert tables >= 7  # sim throughput, sim targets, policy latency, 4 judging tables
     # Each table: machine, exact command, date and commit right above it.
     for stamp in ("*Machine:* ", "*Command:* `", "*Date:* 20", "*Commit:* "):
         assert text.count(stamp) == tables, stamp
@@ -65,12 +66,15 @@ def test_every_table_is_stamped_and_has_its_plots(report):
     # The measured rows are there.
     assert "| raw `mj_step(m, d)`, 1 step/call (primary raw) |" in text
     assert "| `act`, ppo-oracle" in text and "| `adapt`, cavia" in text
+    assert "| object gives way (--detect-crush), all |" in text
+    assert "| bisection, the device's judgement (--detect-crush) |" in text
     plots = [line[line.index("](") + 2 : -1] for line in text.splitlines() if line.startswith("![")]
     assert {"sim/sim_throughput.png", "policy/policy_latency.png"} <= set(plots)
+    assert {"judging/scripted_grip_test.png", "judging/scripted_grip_hard.png"} <= set(plots)
     for rel in plots:
         data = (report / rel).read_bytes()
         assert data[:8] == PNG_MAGIC and len(data) > 5000, rel
-    for name in ("sim", "policy"):
+    for name in ("sim", "policy", "judging"):
         rec = json.loads((report / name / "section.json").read_text())
         assert rec["status"] == "ok" and rec["quick"] and rec["machine"]["cores"] >= 1
         assert all(s["rc"] == 0 for s in rec["steps"])

@@ -288,10 +288,10 @@ class _ScriptedOnDevice:
     """The sim's scripted grasp controller run as a device policy: it sees only the
     observation the device builds, and its actions go through the device's mapping."""
 
-    def __init__(self, task):
+    def __init__(self, task, grip_force=8.0):
         from metagrasp.sim.scripted import ScriptedGrasp
 
-        self._make = lambda: ScriptedGrasp(task, "grasp-lift")
+        self._make = lambda: ScriptedGrasp(task, "grasp-lift", grip_force=grip_force)
         self.spec = PolicySpec(control_hz=25.0)
         self.reset()
 
@@ -325,3 +325,31 @@ def test_the_scripted_grasp_lifts_the_object_through_the_device_path(
     lifted = obs[-1, 25] - obs[0, 25]  # obj_z at the end minus at the start
     assert lifted > 0.03, f"object rose {lifted * 100:.1f} cm"
     assert obs[-1, 13] > 0.05  # the gripper's effort: it is squeezing
+
+
+@pytest.mark.slow
+def test_a_crushed_object_gives_way_on_the_virtual_robot_and_the_device_sees_it(
+    virtual_robot, tmp_path
+):
+    """The virtual robot steps physics itself: the collapse of a crushed object must happen
+    there too (``GraspEnv.advance_collapse``), or the device could never see a crush."""
+    from metagrasp.adapt.reward import DeviceReward, RewardConfig
+    from metagrasp.sim.tasks import TaskParams
+
+    box = TaskParams(shape="box", size=(0.018, 0.03, 0.025), mass=0.1, crush_limit=5.0)
+    vr = virtual_robot("feetech", task=box)
+    s = deploy(
+        _ScriptedOnDevice(box, grip_force=8.0),
+        vr.robot,
+        vr.path,
+        pose_source=vr.pose_address,
+        loop=LoopConfig(rate_hz=25.0, episode_steps=100, park_s=0.3, settle_s=0.3),
+        record_dir=str(tmp_path / "rec"),
+        log=lambda s: None,
+    )
+    assert s.error is None, s.error
+    assert vr.sim_outcome()["crushed"]
+    ep = load_recording(tmp_path / "rec")["episodes"][0]["data"]
+    seen = DeviceReward(RewardConfig(detect_collapse=True))
+    assert seen.episode(ep["obs"], ep["action"], ep["next_obs"]).crushed
+    assert not DeviceReward().episode(ep["obs"], ep["action"], ep["next_obs"]).crushed
