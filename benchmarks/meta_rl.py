@@ -130,6 +130,15 @@ def _acting_config(algo: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(algo.config), default=str))
 
 
+def _device_judge() -> dict[str, Any]:
+    """The device's judging thresholds (``sac-grip`` lines with ``judge=device`` use them)."""
+    import dataclasses
+
+    from metagrasp.adapt.reward import RewardConfig
+
+    return json.loads(json.dumps(dataclasses.asdict(RewardConfig()), default=str))
+
+
 def evaluate(run: Path, split: str, args: argparse.Namespace, line: str = "") -> dict[str, Any]:
     """The meta-test protocol on one run (cached in RUN/eval-SPLIT[-SETTINGS]/results.json)."""
     from metagrasp.policies.evaluate import meta_test, summarise, write_results
@@ -145,13 +154,15 @@ def evaluate(run: Path, split: str, args: argparse.Namespace, line: str = "") ->
         cached = json.loads(cache.read_text())
         # The settings in the folder name are only those given; a default that changed
         # since (e.g. sac-grip's squeeze_guard) would make the cache stale, so the whole
-        # acting config must match, and so must the family's physics (FAMILY_VERSION).
+        # acting config must match, and so must the family's physics (FAMILY_VERSION) and
+        # the device's judging thresholds.
         # Caches written before either was stored are redone.
         if (
             cached["episodes_per_task"] == args.episodes_per_task
             and cached["seeds"] == list(args.eval_seeds)
             and cached.get("algo_config") == _acting_config(algo)
             and cached.get("family_version") == FAMILY_VERSION
+            and cached.get("device_judge") == _device_judge()
         ):
             return cached
     raw = meta_test(
@@ -167,6 +178,7 @@ def evaluate(run: Path, split: str, args: argparse.Namespace, line: str = "") ->
     summary["algo"], summary["run"] = line or resolved["run"]["algo"], str(run)
     summary["algo_config"] = _acting_config(algo)
     summary["family_version"] = FAMILY_VERSION
+    summary["device_judge"] = _device_judge()
     write_results(summary, cache.parent)
     return summary
 

@@ -7,7 +7,7 @@ constants it copies from the sim must be the sim's."""
 import numpy as np
 import pytest
 
-from metagrasp.adapt.reward import DEFAULT_WEIGHTS, DeviceReward, RewardConfig
+from metagrasp.adapt.reward import DEFAULT_WEIGHTS, DeviceReward, RewardConfig, collapse_step
 from metagrasp.errors import ConfigError
 from metagrasp.sim import scene
 from metagrasp.sim.grasp_env import CLOSE_RADIUS, LIFT_HEIGHT, EnvConfig, GraspEnv
@@ -164,8 +164,38 @@ def test_collapse_detection_judges_whole_episodes_only(crushing_episodes):
         ("collapse_window", 0),
         ("collapse_horizon", 2.5),
         ("collapse_fall", 0.0),
+        ("collapse_noise", -1.0),
     ],
 )
 def test_bad_collapse_settings_are_refused(field, bad):
     with pytest.raises(ConfigError, match=field.split("_")[0]):
         RewardConfig(detect_collapse=True, **{field: bad})
+
+
+def _squeeze(opening_mm, noise_mm, seed=0):
+    """A synthetic squeeze: fingers close from 80 mm, the load comes on at step 10, and the
+    opening follows ``opening_mm`` (per step from there) plus Gaussian noise."""
+    rng = np.random.default_rng(seed)
+    o = np.r_[np.linspace(80, opening_mm[0], 10), opening_mm] + rng.normal(
+        0, noise_mm, 10 + len(opening_mm)
+    )
+    load = np.r_[np.zeros(10), np.full(len(opening_mm), 0.4)]
+    return o / 1000, load, np.full(len(o), -0.02)
+
+
+def test_a_collapse_is_a_drop_beyond_a_quarter_of_the_stop_and_the_noise():
+    held = [30.0] * 12
+    gave = np.r_[held, np.linspace(30, 18, 5), [18.0] * 12]  # 40 % after a stop: a crush
+    assert collapse_step(*_squeeze(gave, 0.5)) == 10 + 12 + 1
+    assert collapse_step(*_squeeze(np.r_[held, [30.0] * 17], 0.5)) == -1  # held intact
+    # Fingers that never stop (closing on nothing under load) are no collapse.
+    assert collapse_step(*_squeeze(np.linspace(30, -20, 29), 0.5)) == -1
+    # A slip: the same closing while the object falls 2 cm relative to the fingers.
+    o, load, rz = _squeeze(gave, 0.5)
+    rz[24:] -= 0.02
+    assert collapse_step(o, load, rz) == -1
+    # On a 10 mm object under 4 mm of noise a 30 % drop is not told from the noise.
+    small = np.r_[[10.0] * 12, [7.0] * 17]
+    noisy = [collapse_step(*_squeeze(small, 4.0, seed)) >= 0 for seed in range(20)]
+    blind = RewardConfig(collapse_noise=0.0)
+    assert sum(noisy) < sum(collapse_step(*_squeeze(small, 4.0, s), blind) >= 0 for s in range(20))
