@@ -240,7 +240,8 @@ class PolicyBundle:
     @property
     def needs_crush_judgement(self) -> bool:
         """Whether :meth:`adapt` needs each episode's ``crushed`` flag (a grip search):
-        something the device sees only when told the object's limit, or from an operator."""
+        something the device sees when told the object's limit (``--max-grip``), when the
+        object gives way as it is crushed (``--detect-crush``), or from an operator."""
         return "crushed" in self.adaptation.get("episode_fields", ())
 
     def init_state(self, n: int = 1) -> State:
