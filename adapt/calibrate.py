@@ -380,7 +380,7 @@ def calibrate(
             "(the operator answers after each episode), --max-grip N (the force per pad the "
             "object tolerates) or --detect-crush (the object gives way when crushed)"
         )
-    if policy._observes and config.reward.detect_collapse and config.reward.max_grip_n is None:
+    if policy._observes and config.reward.uses_collapse:
         raise ConfigError(
             "--detect-crush judges whole episodes, but this bundle observes a reward every "
             "step; use --max-grip N or --ask for it"

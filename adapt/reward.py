@@ -149,6 +149,12 @@ class RewardConfig:
                 "(--max-grip), or unset when the object's limit is unknown"
             )
 
+    @property
+    def uses_collapse(self) -> bool:
+        """Whether crushes are found from the object giving way: ``detect_collapse`` with
+        no known limit (a known ``max_grip_n`` decides instead). Whole episodes only."""
+        return self.detect_collapse and self.max_grip_n is None
+
 
 @dataclass
 class EpisodeOutcome:
@@ -310,7 +316,7 @@ class DeviceReward:
         z0 = float(obs[0, _POS][2])
         c = self.config
         collapse = -1
-        if c.detect_collapse and c.max_grip_n is None:
+        if c.uses_collapse:
             collapse = collapse_step(nxt[:, _OPENING], nxt[:, _LOAD], nxt[:, _REL][:, 2], c)
         terms = self._terms(obs, action, nxt, z0, crushed=False, collapse=collapse)
         w = self.config.weights
@@ -358,7 +364,7 @@ class DeviceReward:
             ConfigError: ``detect_collapse`` without ``max_grip_n``: a collapse is seen only
                 in the steps after it, so it cannot be judged one step at a time.
         """
-        if self.config.detect_collapse and self.config.max_grip_n is None:
+        if self.config.uses_collapse:
             raise ConfigError(
                 "detect_collapse judges whole episodes, not single steps; a bundle that "
                 "rewards each step (recurrent) needs --max-grip N or --ask instead"

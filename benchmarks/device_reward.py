@@ -38,33 +38,24 @@ def measure(split: str, episodes: int) -> dict:
     for i in range(episodes):
         grip = GRIPS_N[i % len(GRIPS_N)]
         ep, info = record_episode(env, lambda g=grip: scripted(g), seed=i)
-        sim_return = sum(ep["rewards"].tolist())  # summed in step order, as the env does
-        limit = base.task.crush_limit
-        blind = DeviceReward().episode(ep["obs"], ep["actions"], ep["next_obs"])
-        known = DeviceReward(RewardConfig(max_grip_n=limit)).episode(
-            ep["obs"], ep["actions"], ep["next_obs"]
-        )
-        seen = DeviceReward(RewardConfig(detect_collapse=True)).episode(
-            ep["obs"], ep["actions"], ep["next_obs"]
-        )
-        rows.append(
-            {
-                "crushed": bool(info["crushed"]),
-                "success": bool(info["success"]),
-                "return": sim_return,
-                "blind": {"success": blind.success, "return": blind.episode_return},
-                "known": {
-                    "success": known.success,
-                    "return": known.episode_return,
-                    "crushed": known.crushed,
-                },
-                "collapse": {
-                    "success": seen.success,
-                    "return": seen.episode_return,
-                    "crushed": seen.crushed,
-                },
+        judges = {
+            "blind": RewardConfig(),
+            "known": RewardConfig(max_grip_n=base.task.crush_limit),
+            "collapse": RewardConfig(detect_collapse=True),  # the object giving way
+        }
+        row = {
+            "crushed": bool(info["crushed"]),
+            "success": bool(info["success"]),
+            "return": sum(ep["rewards"].tolist()),  # summed in step order, as the env does
+        }
+        for name, config in judges.items():
+            out = DeviceReward(config).episode(ep["obs"], ep["actions"], ep["next_obs"])
+            row[name] = {
+                "success": out.success,
+                "return": out.episode_return,
+                "crushed": out.crushed,
             }
-        )
+        rows.append(row)
     env.close()
 
     def summary(sel: list[dict], judge: str) -> dict:
@@ -80,42 +71,29 @@ def measure(split: str, episodes: int) -> dict:
             "return_gap_p5_p95": [float(np.percentile(gap, 5)), float(np.percentile(gap, 95))],
         }
 
+    def crushed_share(sel: list[dict], judge: str) -> float | None:
+        return float(np.mean([r[judge]["crushed"] for r in sel])) if sel else None
+
     crushed = [r for r in rows if r["crushed"]]
     intact = [r for r in rows if not r["crushed"]]
-    return {
+    out: dict = {
         "split": split,
         "episodes": episodes,
         "grips_n": list(GRIPS_N),
         "crushed_fraction": len(crushed) / max(len(rows), 1),
-        "blind": {
-            "all": summary(rows, "blind"),
-            "crushed": summary(crushed, "blind"),
-            "intact": summary(intact, "blind"),
-        },
-        "known_limit": {
-            "all": summary(rows, "known"),
-            "crushed": summary(crushed, "known"),
-            "intact": summary(intact, "known"),
-            "crush_detected_agreement": float(
-                np.mean([r["known"]["crushed"] == r["crushed"] for r in rows])
-            ),
-        },
-        # The device finding crushes by itself, from the object giving way.
-        "collapse": {
-            "all": summary(rows, "collapse"),
-            "crushed": summary(crushed, "collapse"),
-            "intact": summary(intact, "collapse"),
-            "crush_detected_agreement": float(
-                np.mean([r["collapse"]["crushed"] == r["crushed"] for r in rows])
-            ),
-            "crushes_found": float(np.mean([r["collapse"]["crushed"] for r in crushed]))
-            if crushed
-            else None,
-            "false_crushes": float(np.mean([r["collapse"]["crushed"] for r in intact]))
-            if intact
-            else None,
-        },
     }
+    for key, judge in (("blind", "blind"), ("known_limit", "known"), ("collapse", "collapse")):
+        out[key] = {
+            "all": summary(rows, judge),
+            "crushed": summary(crushed, judge),
+            "intact": summary(intact, judge),
+        }
+        if judge != "blind":  # the blind device never calls a crush
+            agree = np.mean([r[judge]["crushed"] == r["crushed"] for r in rows])
+            out[key]["crush_detected_agreement"] = float(agree)
+    out["collapse"]["crushes_found"] = crushed_share(crushed, "collapse")
+    out["collapse"]["false_crushes"] = crushed_share(intact, "collapse")
+    return out
 
 
 def main() -> int:

@@ -53,6 +53,24 @@ def _loop():
     return LoopConfig(rate_hz=25.0, episode_steps=10, park_s=0.2, settle_s=0.1)
 
 
+def _calibrate_on_virtual_robot(path, config, **kw):
+    """``calibrate`` against a fresh Feetech virtual robot, stopped afterwards."""
+    vr = VirtualRobot(virtual_arm_config("feetech")).start()
+    try:
+        return calibrate(
+            path,
+            vr.robot,
+            vr.path,
+            config,
+            pose_source=vr.pose_address,
+            loop=_loop(),
+            log=lambda s: None,
+            **kw,
+        )
+    finally:
+        vr.stop()
+
+
 # ----------------------------------------------------------------- calibration files
 def _calibration(bundle_path):
     bundle = load_bundle(bundle_path)
@@ -257,19 +275,7 @@ def test_latent_recurrent_and_reward_free_bundles_calibrate(tmp_path, name):
     path = _bundle_of(name, tmp_path / name / "policy.onnx")
     bundle = load_bundle(path)
     config = CalibrateConfig(name, episodes=2, out=str(tmp_path / f"{name}.json"))
-    vr = VirtualRobot(virtual_arm_config("feetech")).start()
-    try:
-        report = calibrate(
-            path,
-            vr.robot,
-            vr.path,
-            config,
-            pose_source=vr.pose_address,
-            loop=_loop(),
-            log=lambda s: None,
-        )
-    finally:
-        vr.stop()
+    report = _calibrate_on_virtual_robot(path, config)
     cal = load_calibration(report.file)
     init = bundle.init_state()
     assert set(cal.state) == set(init)
@@ -295,20 +301,7 @@ def test_a_grip_search_bundle_needs_a_crush_judgement_and_searches_on_the_answer
         prompts.append(prompt)
         return "y" if "crushed" in prompt and len(prompts) < 3 else "n"
 
-    vr = VirtualRobot(virtual_arm_config("feetech")).start()
-    try:
-        report = calibrate(
-            path,
-            vr.robot,
-            vr.path,
-            config,
-            pose_source=vr.pose_address,
-            loop=_loop(),
-            ask=operator,
-            log=lambda s: None,
-        )
-    finally:
-        vr.stop()
+    report = _calibrate_on_virtual_robot(path, config, ask=operator)
     assert sum("crushed" in p for p in prompts) == 2
     assert [e["device"]["crushed"] for e in report.episodes] == [True, False]
     # 4 N crushed it: halve the log range to 0.5-4 N; then 1.41 N dropped it: 1.41-4 N.
@@ -333,20 +326,9 @@ def test_the_device_can_judge_crushes_itself_for_a_grip_search(tmp_path):
     def nobody(prompt):
         raise AssertionError(f"asked {prompt!r} with no operator")
 
-    vr = VirtualRobot(virtual_arm_config("feetech")).start()
-    try:
-        report = calibrate(
-            grip_bundle(tmp_path / "grip" / "policy.onnx"),
-            vr.robot,
-            vr.path,
-            config,
-            pose_source=vr.pose_address,
-            loop=_loop(),
-            ask=nobody,
-            log=lambda s: None,
-        )
-    finally:
-        vr.stop()
+    report = _calibrate_on_virtual_robot(
+        grip_bundle(tmp_path / "grip" / "policy.onnx"), config, ask=nobody
+    )
     (episode,) = report.episodes
     assert not episode["device"]["crushed"]  # the untrained arm never squeezes the cup
     # Not lifted, not crushed: more force, the log midpoint of 4 N and 20 N.

@@ -302,16 +302,11 @@ class _ScriptedOnDevice:
         return self.ctl(obs)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("protocol", ["dynamixel", "feetech"])
-def test_the_scripted_grasp_lifts_the_object_through_the_device_path(
-    virtual_robot, tmp_path, protocol
-):
-    """End to end: device observation -> policy -> device action map -> servo packets ->
-    simulated servos -> physics. The object must end up lifted, as in the sim env."""
-    vr = virtual_robot(protocol, task_seed=2, shape="box")
+def _scripted_episode(vr, tmp_path, grip_force=8.0):
+    """One 4 s episode of the scripted grasp on ``vr``'s object through the device path:
+    (deploy summary, the recorded episode's arrays)."""
     s = deploy(
-        _ScriptedOnDevice(vr.task),
+        _ScriptedOnDevice(vr.task, grip_force=grip_force),
         vr.robot,
         vr.path,
         pose_source=vr.pose_address,
@@ -320,8 +315,20 @@ def test_the_scripted_grasp_lifts_the_object_through_the_device_path(
         log=lambda s: None,
     )
     assert s.error is None, s.error
+    return s, load_recording(tmp_path / "rec")["episodes"][0]["data"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("protocol", ["dynamixel", "feetech"])
+def test_the_scripted_grasp_lifts_the_object_through_the_device_path(
+    virtual_robot, tmp_path, protocol
+):
+    """End to end: device observation -> policy -> device action map -> servo packets ->
+    simulated servos -> physics. The object must end up lifted, as in the sim env."""
+    vr = virtual_robot(protocol, task_seed=2, shape="box")
+    s, ep = _scripted_episode(vr, tmp_path)
     assert s.episodes[0]["timing"]["missed"] <= 2
-    obs = load_recording(tmp_path / "rec")["episodes"][0]["data"]["obs"]
+    obs = ep["obs"]
     lifted = obs[-1, 25] - obs[0, 25]  # obj_z at the end minus at the start
     assert lifted > 0.03, f"object rose {lifted * 100:.1f} cm"
     assert obs[-1, 13] > 0.05  # the gripper's effort: it is squeezing
@@ -338,18 +345,8 @@ def test_a_crushed_object_gives_way_on_the_virtual_robot_and_the_device_sees_it(
 
     box = TaskParams(shape="box", size=(0.018, 0.03, 0.025), mass=0.1, crush_limit=5.0)
     vr = virtual_robot("feetech", task=box)
-    s = deploy(
-        _ScriptedOnDevice(box, grip_force=8.0),
-        vr.robot,
-        vr.path,
-        pose_source=vr.pose_address,
-        loop=LoopConfig(rate_hz=25.0, episode_steps=100, park_s=0.3, settle_s=0.3),
-        record_dir=str(tmp_path / "rec"),
-        log=lambda s: None,
-    )
-    assert s.error is None, s.error
+    _, ep = _scripted_episode(vr, tmp_path, grip_force=8.0)
     assert vr.sim_outcome()["crushed"]
-    ep = load_recording(tmp_path / "rec")["episodes"][0]["data"]
     seen = DeviceReward(RewardConfig(detect_collapse=True))
     assert seen.episode(ep["obs"], ep["action"], ep["next_obs"]).crushed
     assert not DeviceReward().episode(ep["obs"], ep["action"], ep["next_obs"]).crushed
