@@ -32,10 +32,12 @@ MAX_HALF_WIDTH = 0.032
 MIN_HALF_HEIGHT = 0.010
 MAX_HALF_HEIGHT = 0.045
 
-FAMILY_VERSION = 2
+FAMILY_VERSION = 3
 """Version of the grasp family's physics, stamped into cached evaluations so that a change
 re-runs them: 1 up to 2026-12-01 05:00 UTC; 2 adds the collapse of crushed objects (the
-same success and crush flags, other observations after a crush)."""
+same success and crush flags, other observations after a crush); 3 (2026-12-01 07:30 UTC)
+gives the meshes a base as wide as the object, so that all six stand upright (in 1-2, four
+toppled and ``mesh_1`` lay 10 mm tall, where no grip lifts it)."""
 
 CRUSH_COLLAPSE = 0.6
 """Size of a crushed object relative to the intact one, about its centre. A real object
@@ -105,10 +107,15 @@ def make_mesh(index: int) -> MeshSpec:
     directions = rng.normal(size=(n, 3))
     directions /= np.linalg.norm(directions, axis=1, keepdims=True)
     points = directions * radii * rng.uniform(0.75, 1.0, size=(n, 1))
-    # A flat-ish base so the object rests stably: squash the lowest points onto one plane.
-    zmin = points[:, 2].min()
-    low = points[:, 2] < zmin + 0.3 * radii[2]
-    points[low, 2] = zmin
+    # A flat base as wide as the object, so it stands where it is put: every point also
+    # drops onto the base plane, so the object stands on its own shadow (as a tub or a box
+    # does) under a lumpy top, its outline as irregular as before. Squashing only the lowest
+    # points (family versions 1-2) left bases of four or five points: four of the six
+    # meshes toppled, and mesh_1 came to rest 10 mm tall, below the family's pinchable
+    # height, where no grip lifts it.
+    base = points.copy()
+    base[:, 2] = points[:, 2].min()
+    points = np.concatenate([points, base])
     centre = 0.5 * (points.max(axis=0) + points.min(axis=0))
     return MeshSpec(name=f"mesh_{index}", vertices=points - centre)
 
