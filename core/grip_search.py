@@ -20,9 +20,11 @@ Outcome = tuple[float, bool, bool] | tuple[float, bool, bool, bool]
 def next_grip(outcomes: Sequence[Outcome], start: float, lo: float, hi: float) -> float:
     """The grip (N) to try after ``outcomes`` (oldest first) on one object.
 
-    Starts at ``start``; keeps a grip that lifted the object; otherwise bisects the log
+    Starts at ``start``; keeps a grip while it lifts the object; otherwise bisects the log
     of the force between the largest grip that dropped it and the smallest that crushed
-    it, inside the gripper's range ``[lo, hi]``. An episode whose outcome says the pads
+    it, inside the gripper's range ``[lo, hi]``. Every outcome counts, also those after a
+    lift: a grip that lifted once and then crushed (a borderline grip, or a judgement the
+    device got wrong) is left for a gentler one. An episode whose outcome says the pads
     never squeezed the object (a miss, not a drop) says nothing about the force: its grip
     is tried again.
 
@@ -34,7 +36,10 @@ def next_grip(outcomes: Sequence[Outcome], start: float, lo: float, hi: float) -
     grip = start
     for force, lifted, crushed, *gripped in outcomes:
         if lifted:
-            return float(force)
+            # Kept, but not final: until 2026-12-01 the first lift ended the search, so
+            # one lift the device misjudged (a missed crush) fixed the grip for good.
+            grip = float(force)
+            continue
         if gripped and not gripped[0] and not crushed:
             continue  # a miss: the same grip again
         if crushed:
@@ -63,8 +68,8 @@ def next_grip_prior(
     it and the motion failed (``fail_rate``, the share of episodes with the right grip that
     fail anyway); a miss (``gripped`` False) says nothing. The next grip maximises the
     weighted share of windows that contain it, on a log grid over ``[lo, hi]``; among equal
-    maxima, the middle one. A grip that lifted is kept, as in :func:`next_grip`; if no
-    window fits the outcomes, :func:`next_grip` decides.
+    maxima, the middle one. After a lift, and if no window fits the outcomes,
+    :func:`next_grip` decides.
 
     Raises:
         ValueError: as :func:`next_grip`, or ``windows`` is not ``(n, 2)`` with n > 0.

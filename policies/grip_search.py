@@ -17,8 +17,8 @@ In training the command is the grip the hidden parameters call for
 (:func:`~metagrasp.sim.scripted.privileged_grip`: inside the object's window between the
 force that lifts it and its crush limit, after the actuator gain). On a new object the
 search starts from the best single grip and, after each episode, moves it with
-:func:`metagrasp.grip_search.next_grip`: down after a crush, up after a drop, kept after a
-lift. Adaptation needs each episode's two outcomes (lifted, crushed), no reward.
+:func:`metagrasp.grip_search.next_grip`: down after a crush, up after a drop, kept while
+it lifts. Adaptation needs each episode's two outcomes (lifted, crushed), no reward.
 
 ``benchmarks/scripted_grip.py`` measures the same search with the scripted motion
 (gap closure 0.88 on ``test``): it is what this line can reach when the policy follows its

@@ -136,7 +136,7 @@ def test_grip_probe_reports_each_fragile_task_of_a_trained_run(tmp_path):
 
 
 def test_adaptive_scripted_grip_bisects_between_a_drop_and_a_crush():
-    """benchmarks/scripted_grip.py's adaptive rule: keep a grip that lifted, halve the
+    """benchmarks/scripted_grip.py's adaptive rule: keep a grip while it lifts, halve the
     log-interval after a crush or a drop, never leave the gripper's range."""
     import importlib.util
 
@@ -147,6 +147,10 @@ def test_adaptive_scripted_grip_bisects_between_a_drop_and_a_crush():
     spec.loader.exec_module(mod)
     assert mod.next_grip([]) == mod.BEST_FIXED_GRIP_N
     assert mod.next_grip([(4.0, True, False)]) == 4.0
+    # Outcomes after a lift still count: lifted then crushed at 4 N goes below 4 N (the
+    # first lift used to end the search, so one missed crush fixed the grip for good).
+    assert mod.next_grip([(4.0, True, False), (4.0, False, True)]) == pytest.approx(2.0**0.5)
+    assert mod.next_grip([(4.0, True, False), (4.0, True, False)]) == 4.0
     assert mod.next_grip([(4.0, False, True)]) == pytest.approx((0.5 * 4.0) ** 0.5)
     assert mod.next_grip([(4.0, False, False)]) == pytest.approx((4.0 * 20.0) ** 0.5)
     crush_then_drop = mod.next_grip([(4.0, False, True), (2.0, False, False)])
