@@ -8,7 +8,8 @@ the run directory already holds a finished run), runs the meta-test protocol of
   CI over tasks and seeds), gap closure at k = 3 against the DR and oracle runs,
   training wall-clock, env steps, and env steps until the training success first
   reaches 80 % of the oracle line's meta-test success;
-* ``results.json`` — everything in the table, machine-readable;
+* ``results.json`` — everything in the table, machine-readable (with success by object
+  class and by shape);
 * ``success_vs_k_<split>.png`` — success vs adaptation episodes, every algorithm plus the
   DR and oracle lines.
 
@@ -226,6 +227,38 @@ def by_object_class(
     return [*lines, ""], table
 
 
+def by_shape(
+    res: dict[str, dict[str, Any]], family: str, split: str
+) -> tuple[list[str], dict[str, dict[str, float]]]:
+    """Success per object shape (mean over k and seeds), per line.
+
+    Where every line fails on one shape whatever its grip, the motion or the object is
+    at fault, not the adaptation (family version 3 came from this: no line lifted the
+    toppled ``mesh_1``). Empty for families without shapes.
+    """
+    from metagrasp.sim.registry import family_split_tasks
+
+    tasks = family_split_tasks(family, split)
+    if not tasks or not hasattr(tasks[0], "shape"):
+        return [], {}
+    shapes = sorted({t.shape for t in tasks})
+    names = list(res)
+    lines = [
+        f"Success by shape on `{split}` (mean over k and seeds; tasks of each shape):",
+        "",
+        "| shape | tasks | " + " | ".join(names) + " |",
+        "|---|---:" + "|---:" * len(names) + "|",
+    ]
+    table: dict[str, dict[str, float]] = {a: {} for a in names}
+    for shape in shapes:
+        mask = np.array([t.shape == shape for t in tasks])
+        for a in names:
+            table[a][shape] = float(np.asarray(res[a]["raw_success"])[:, mask].mean())
+        cells = " | ".join(f"{table[a][shape]:.2f}" for a in names)
+        lines.append(f"| {shape} | {int(mask.sum())} | {cells} |")
+    return [*lines, ""], table
+
+
 def steps_to_fraction(run_dirs: list[Path], level: float, offset: float = 0.0) -> float:
     """Env steps until the training success (10-row moving average) first reaches level
     (plus ``offset``, the steps of a warm start's source run)."""
@@ -379,6 +412,10 @@ def main(argv: list[str] | None = None) -> int:
         lines += class_lines
         for a, cells in by_class.items():
             report["splits"][split][a]["success_by_class"] = cells
+        shape_lines, per_shape = by_shape(res, args.task, split)
+        lines += shape_lines
+        for a, cells in per_shape.items():
+            report["splits"][split][a]["success_by_shape"] = cells
         _plot(res, split, args, out / f"success_vs_k_{split}.png", lo, hi)
     (out / "table.md").write_text("\n".join(lines) + "\n")
     (out / "results.json").write_text(json.dumps(report, indent=1) + "\n")

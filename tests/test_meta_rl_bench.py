@@ -75,7 +75,7 @@ def test_warm_start_and_train_set_name_trained_algorithms(tmp_path):
     assert res.returncode != 0 and "SECTION.FIELD=VALUE" in res.stderr
 
 
-def test_success_by_object_class_splits_fragile_from_robust_tasks():
+def test_success_by_object_class_and_by_shape():
     import importlib.util
 
     import numpy as np
@@ -99,6 +99,14 @@ def test_success_by_object_class_splits_fragile_from_robust_tasks():
     }
     assert f"{n_frag} fragile" in lines[0] and lines[-2].startswith("| x |")
     assert meta_rl.by_object_class({"x": {"raw_success": succ}}, "point-nav", "test") == ([], {})
+    # By shape: the robust objects' successes land on their shapes, k and seeds averaged.
+    tasks = family_split_tasks("grasp-lift", "test")
+    lines, table = meta_rl.by_shape({"x": {"raw_success": succ}}, "grasp-lift", "test")
+    for shape, got in table["x"].items():
+        mask = np.array([t.shape == shape for t in tasks])
+        assert got == pytest.approx(succ[:, mask].mean())
+    assert set(table["x"]) == {t.shape for t in tasks} and len(lines) == len(table["x"]) + 5
+    assert meta_rl.by_shape({"x": {"raw_success": succ}}, "point-nav", "test") == ([], {})
 
 
 def test_privileged_scripted_grip_sits_inside_each_objects_force_window():
