@@ -35,7 +35,7 @@ MAX_HALF_HEIGHT = 0.045
 FAMILY_VERSION = 3
 """Version of the grasp family's physics, stamped into cached evaluations so that a change
 re-runs them: 1 up to 2026-12-01 05:00 UTC; 2 adds the collapse of crushed objects (the
-same success and crush flags, other observations after a crush); 3 (2026-12-01 07:30 UTC)
+same success and crush flags, other observations after a crush); 3 (2026-12-01 07:05 UTC)
 gives the meshes a base as wide as the object, so that all six stand upright (in 1-2, four
 toppled and ``mesh_1`` lay 10 mm tall, where no grip lifts it)."""
 
