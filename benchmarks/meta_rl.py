@@ -142,6 +142,7 @@ def _device_judge() -> dict[str, Any]:
 
 def evaluate(run: Path, split: str, args: argparse.Namespace, line: str = "") -> dict[str, Any]:
     """The meta-test protocol on one run (cached in RUN/eval-SPLIT[-SETTINGS]/results.json)."""
+    from metagrasp.grip_search import SEARCH_VERSION
     from metagrasp.policies.evaluate import meta_test, summarise, write_results
     from metagrasp.policies.runner import load_trained
     from metagrasp.sim.objects import FAMILY_VERSION
@@ -155,14 +156,15 @@ def evaluate(run: Path, split: str, args: argparse.Namespace, line: str = "") ->
         cached = json.loads(cache.read_text())
         # The settings in the folder name are only those given; a default that changed
         # since (e.g. sac-grip's squeeze_guard) would make the cache stale, so the whole
-        # acting config must match, and so must the family's physics (FAMILY_VERSION) and
-        # the device's judging thresholds.
-        # Caches written before either was stored are redone.
+        # acting config must match, and so must the family's physics (FAMILY_VERSION),
+        # the grip search's rules (SEARCH_VERSION) and the device's judging thresholds.
+        # Caches written before one of them was stored are redone.
         if (
             cached["episodes_per_task"] == args.episodes_per_task
             and cached["seeds"] == list(args.eval_seeds)
             and cached.get("algo_config") == _acting_config(algo)
             and cached.get("family_version") == FAMILY_VERSION
+            and cached.get("search_version") == SEARCH_VERSION
             and cached.get("device_judge") == _device_judge()
         ):
             return cached
@@ -179,6 +181,7 @@ def evaluate(run: Path, split: str, args: argparse.Namespace, line: str = "") ->
     summary["algo"], summary["run"] = line or resolved["run"]["algo"], str(run)
     summary["algo_config"] = _acting_config(algo)
     summary["family_version"] = FAMILY_VERSION
+    summary["search_version"] = SEARCH_VERSION
     summary["device_judge"] = _device_judge()
     write_results(summary, cache.parent)
     return summary

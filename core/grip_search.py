@@ -12,6 +12,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
+SEARCH_VERSION = 2
+"""Version of the search rules, stamped into cached evaluations (``benchmarks/meta_rl.py``)
+so that a change re-runs them: 1 up to 2026-12-01 07:25 UTC, where the first lift ended
+:func:`next_grip`'s search; 2 counts every outcome."""
+
 Outcome = tuple[float, bool, bool] | tuple[float, bool, bool, bool]
 """``(grip force in N, lifted, crushed[, gripped])`` of one finished episode; ``gripped``
 (both pads squeezed the object at some point) is optional."""

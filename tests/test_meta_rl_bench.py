@@ -65,6 +65,12 @@ def test_warm_started_oracle_with_its_own_settings_trains_from_the_dr_run(tmp_pa
     res = _meta_rl(*deterministic)
     assert res.returncode == 0, res.stdout + res.stderr
     assert json.loads(path.read_text())["algo_config"] == mean["algo_config"]
+    # So is one made under older grip-search rules (SEARCH_VERSION).
+    redone = json.loads(path.read_text())
+    path.write_text(json.dumps({**redone, "search_version": redone["search_version"] - 1}))
+    res = _meta_rl(*deterministic)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert json.loads(path.read_text())["search_version"] == redone["search_version"]
 
 
 def test_warm_start_and_train_set_name_trained_algorithms(tmp_path):
