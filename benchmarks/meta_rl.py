@@ -124,20 +124,23 @@ def split_line(line: str) -> tuple[str, dict[str, Any]]:
     return algo, parse_overrides(items)["algo"]
 
 
-def _acting_config(algo: Any) -> dict[str, Any]:
-    """The algorithm's whole config, defaults included, as JSON reads it back."""
+def _as_json(config: Any) -> dict[str, Any]:
+    """A dataclass config, defaults included, as JSON reads it back (how caches compare)."""
     import dataclasses
 
-    return json.loads(json.dumps(dataclasses.asdict(algo.config), default=str))
+    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
+
+
+def _acting_config(algo: Any) -> dict[str, Any]:
+    """The algorithm's whole config."""
+    return _as_json(algo.config)
 
 
 def _device_judge() -> dict[str, Any]:
     """The device's judging thresholds (``sac-grip`` lines with ``judge=device`` use them)."""
-    import dataclasses
-
     from metagrasp.adapt.reward import RewardConfig
 
-    return json.loads(json.dumps(dataclasses.asdict(RewardConfig()), default=str))
+    return _as_json(RewardConfig())
 
 
 def evaluate(run: Path, split: str, args: argparse.Namespace, line: str = "") -> dict[str, Any]:
