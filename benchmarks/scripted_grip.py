@@ -31,9 +31,10 @@ recorded episode (:class:`~metagrasp.adapt.reward.DeviceReward` with
 ``detect_collapse``: lifted from the recorded observations, crushed from the object giving
 way), the search as it runs on a robot with neither reward nor operator.
 
-``--split train`` runs the same lines on 48 objects drawn from the training distribution
-(fixed draw): where a search rule or the device's thresholds are chosen, before ``test``
-and ``hard`` are looked at.
+``--split val`` runs the same lines on the 48 objects of the ``val`` split, a fixed draw
+from the training distribution (``--split train`` is the same draw, its name before the
+split existed): where a search rule or the device's thresholds are chosen, before
+``test`` and ``hard`` are looked at.
 
     python benchmarks/scripted_grip.py --split test --seeds 0 1 --json out.json
 """
@@ -62,7 +63,7 @@ from metagrasp.sim.scripted import (
     run_episode,
     training_grip_windows,
 )
-from metagrasp.sim.tasks import GRIP_FORCE_MAX, sample_task
+from metagrasp.sim.tasks import GRIP_FORCE_MAX
 
 FIXED_GRIPS_N = (1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 20.0)
 """The grid of single grip levels per pad (N)."""
@@ -70,18 +71,11 @@ LIFT_MARGINS = (1.0, 1.5, 2.0, 3.0, 4.0)
 """Multiples of the lifting force of the rules blind to the crush limit."""
 ADAPT_K = 3
 """Calibration episodes of the adaptive rule (success is reported at k = 0..ADAPT_K)."""
-TRAIN_TASKS = 48
-"""Objects of ``--split train``, as many as a held-out split has."""
-TRAIN_DRAW_SEED = 7
-"""Seed of the fixed draw of ``--split train``'s objects."""
 
 
 def split_tasks(split: str) -> tuple[Any, ...]:
-    """The split's fixed tasks; for ``train``, a fixed draw from the training distribution."""
-    if split != "train":
-        return family_split_tasks("grasp-lift", split)
-    rng = np.random.default_rng(TRAIN_DRAW_SEED)
-    return tuple(sample_task(rng, "train") for _ in range(TRAIN_TASKS))
+    """The split's fixed tasks; ``train`` names the ``val`` draw (see the module doc)."""
+    return family_split_tasks("grasp-lift", "val" if split == "train" else split)
 
 
 def _fixed(grip: float, task: Any) -> float:
@@ -218,7 +212,7 @@ def measure(split: str, seeds: tuple[int, ...], max_tasks: int = 0) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--split", default="test", choices=["train", "test", "hard"])
+    ap.add_argument("--split", default="test", choices=["train", "val", "test", "hard"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="episode seeds")
     ap.add_argument("--tasks", type=int, default=0, help="only the first N tasks (0: all)")
     ap.add_argument("--json", default=None, help="write the result here")

@@ -50,6 +50,10 @@ class RunConfig:
     """Log metrics every this many training iterations."""
     checkpoint_every: int = 20
     """Write ``checkpoints/last.pt`` every this many iterations (and at the end)."""
+    keep_every: int = 0
+    """Also keep a copy ``checkpoints/step_<env steps>.pt`` every this many iterations
+    (0 keeps only ``last.pt``), to compare a run at several budgets without retraining
+    (``metagrasp eval RUN --checkpoint RUN/checkpoints/step_....pt``)."""
     eval_split: str = "test"
     """Split used by ``metagrasp eval`` when none is given."""
     eval_episodes_per_task: int = 3
@@ -69,6 +73,8 @@ class RunConfig:
                 raise ConfigError(f"run.{name}={getattr(self, name)} must be >= 1")
         if self.checkpoint_every < 1:
             raise ConfigError(f"run.checkpoint_every={self.checkpoint_every} must be >= 1")
+        if self.keep_every < 0:
+            raise ConfigError(f"run.keep_every={self.keep_every} must be >= 0 (0: keep none)")
         if self.workers is not None and self.workers < 0:
             raise ConfigError(f"run.workers={self.workers} must be >= 0 or null")
         if self.ray_workers < 1:

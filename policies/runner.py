@@ -8,6 +8,7 @@ holds::
     metrics.csv            every logged metric, one row per logged iteration
     tb/                    TensorBoard event files of the same metrics
     checkpoints/last.pt    the latest checkpoint (atomic write; resumable)
+    checkpoints/step_N.pt  kept copies every ``run.keep_every`` iterations (optional)
 
 Ctrl-C writes a checkpoint before exiting, so ``--resume`` continues the run.
 """
@@ -341,6 +342,10 @@ class Runner:
                     )
                 if it % run["checkpoint_every"] == 0:
                     self._checkpoint()
+                if run.get("keep_every") and it % run["keep_every"] == 0:
+                    # A run resumed from an older config has no keep_every (hence .get).
+                    keep = self.ckpt_path.with_name(f"step_{self.progress['env_steps']}.pt")
+                    save_checkpoint(keep, self.algo, self.resolved, dict(self.progress))
             self._checkpoint()
         except KeyboardInterrupt:
             # Resumable: what was trained so far is kept (--resume continues it).

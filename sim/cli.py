@@ -25,6 +25,8 @@ from metagrasp.sim.tasks import (
 SPLIT_NOTES = {
     "train": f"distribution: shapes {list(TRAIN_SHAPES)}, mass outside the held-out band "
     f"{list(HELD_OUT_MASS)} kg",
+    "val": f"{len(split_tasks('val'))} fixed tasks drawn from the train distribution "
+    "(for choosing settings without the held-out splits)",
     "test": f"{len(split_tasks('test'))} fixed tasks: held-out shapes {list(HELD_OUT_SHAPES)}"
     f" or masses in {list(HELD_OUT_MASS)} kg",
     "hard": f"{len(split_tasks('hard'))} fixed tasks: mass {list(HARD_MASS)} kg, friction "

@@ -74,13 +74,16 @@ GOAL_DISTANCE = 1.0
 """Distance of every goal from the start."""
 HARD_BAND = 0.15 * math.pi
 """Width of each end band of the ``hard`` split (rad)."""
+NUM_VAL_TASKS = 40
 NUM_TEST_TASKS = 40
 NUM_HARD_TASKS = 40
+VAL_SEED = 50_005
 TEST_SEED = 30_003
 HARD_SEED = 40_004
 
 SPLIT_NOTES: dict[str, str] = {
     "train": "distribution: goal angle ~ U[0, pi] on the unit half circle",
+    "val": f"{NUM_VAL_TASKS} fixed goals drawn from the train distribution (seed {VAL_SEED})",
     "test": f"{NUM_TEST_TASKS} fixed goals, angles drawn from U[0, pi] (seed {TEST_SEED})",
     "hard": f"{NUM_HARD_TASKS} fixed goals in the end bands [0, 0.15 pi] U [0.85 pi, pi]",
 }
@@ -164,7 +167,7 @@ def _angle_task(angle: float, task_id: str = "") -> PointNavTask:
 
 @functools.cache
 def split_tasks(split: str) -> tuple[PointNavTask, ...]:
-    """The fixed tasks of ``test`` or ``hard`` (built from fixed seeds, deterministic).
+    """The fixed tasks of ``val``, ``test`` or ``hard`` (from fixed seeds, deterministic).
 
     Raises:
         UnknownNameError: for ``train`` (a distribution, not a list) or an unknown split.
@@ -172,10 +175,13 @@ def split_tasks(split: str) -> tuple[PointNavTask, ...]:
     check_split(split)
     if split == "train":
         raise UnknownNameError(
-            "split 'train' is a distribution: use sample_task(rng, 'train'); fixed task "
-            "lists exist for 'test' and 'hard'"
+            "split 'train' is a distribution: use sample_task(rng, 'train'), or the fixed "
+            "draw from it, split 'val'; fixed task lists exist for 'val', 'test' and 'hard'"
         )
-    if split == "test":
+    if split == "val":
+        rng = np.random.default_rng(VAL_SEED)
+        angles = rng.uniform(0.0, math.pi, NUM_VAL_TASKS)
+    elif split == "test":
         rng = np.random.default_rng(TEST_SEED)
         angles = rng.uniform(0.0, math.pi, NUM_TEST_TASKS)
     else:
@@ -189,8 +195,8 @@ def split_tasks(split: str) -> tuple[PointNavTask, ...]:
 def sample_task(rng: np.random.Generator, split: str = "train") -> PointNavTask:
     """Draw a task of ``split`` (pure: the result depends only on ``rng``'s state).
 
-    ``train`` draws the angle from U[0, pi]; ``test``/``hard`` pick one of the split's
-    fixed tasks uniformly.
+    ``train`` draws the angle from U[0, pi]; ``val``/``test``/``hard`` pick one of the
+    split's fixed tasks uniformly.
     """
     check_split(split)
     if split == "train":

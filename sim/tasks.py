@@ -39,7 +39,10 @@ from metagrasp.sim.objects import (
 )
 
 GRAVITY = 9.81
-SPLITS: tuple[str, ...] = ("train", "test", "hard")
+SPLITS: tuple[str, ...] = ("train", "val", "test", "hard")
+"""``train``: the training distribution. ``val``: a fixed draw from it, to choose
+settings (budgets, weights, checkpoints) without looking at the held-out splits.
+``test``/``hard``: fixed held-out tasks for the meta-test protocol."""
 
 TRAIN_SHAPES: tuple[str, ...] = (
     "box",
@@ -92,8 +95,12 @@ LIFT_SAFETY = 1.6
 torque. Tasks whose needed force exceeds what the gripper or the object can take are
 infeasible and are never sampled."""
 
+NUM_VAL_TASKS = 48
 NUM_TEST_TASKS = 48
 NUM_HARD_TASKS = 48
+VAL_SEED = 7
+"""The ``val`` draw (the objects ``benchmarks/scripted_grip.py --split train`` used
+before the split existed: the same seed and order)."""
 TEST_SEED = 10_001
 HARD_SEED = 20_002
 
@@ -388,7 +395,10 @@ def _draw(
 
 @functools.cache
 def split_tasks(split: str) -> tuple[TaskParams, ...]:
-    """The fixed tasks of ``test`` or ``hard`` (built from fixed seeds, deterministic).
+    """The fixed tasks of ``val``, ``test`` or ``hard`` (from fixed seeds, deterministic).
+
+    ``val`` is drawn from the training distribution, so it measures how well a run
+    learned what it was trained on, never how it generalises.
 
     Raises:
         UnknownNameError: for ``train`` (a distribution, not a list) or an unknown split.
@@ -396,11 +406,17 @@ def split_tasks(split: str) -> tuple[TaskParams, ...]:
     check_split(split)
     if split == "train":
         raise UnknownNameError(
-            "split 'train' is a distribution: use sample_task(rng, "
-            "'train'); fixed task lists exist for 'test' and 'hard'"
+            "split 'train' is a distribution: use sample_task(rng, 'train'), or the "
+            "fixed draw from it, split 'val'; fixed task lists exist for 'val', 'test' "
+            "and 'hard'"
         )
     tasks = []
-    if split == "test":
+    if split == "val":
+        rng = np.random.default_rng(VAL_SEED)
+        for i in range(NUM_VAL_TASKS):
+            t = _draw(rng, "train", TRAIN_SHAPES, TRAIN_MASS, exclude_band=True)
+            tasks.append(t.replace(task_id=f"val-{i:03d}"))
+    elif split == "test":
         rng = np.random.default_rng(TEST_SEED)
         for i in range(NUM_TEST_TASKS):
             if i % 2 == 0:  # held-out shape, train-range mass
@@ -438,8 +454,8 @@ def check_reset_options(options: dict[str, Any] | None, allowed: tuple[str, ...]
 def sample_task(rng: np.random.Generator, split: str = "train") -> TaskParams:
     """Draw a task of ``split`` (pure: the result depends only on ``rng``'s state).
 
-    ``train`` draws from the training distribution; ``test``/``hard`` pick one of the
-    split's fixed tasks uniformly.
+    ``train`` draws from the training distribution; ``val``/``test``/``hard`` pick one
+    of the split's fixed tasks uniformly.
     """
     check_split(split)
     if split == "train":

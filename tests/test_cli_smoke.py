@@ -23,7 +23,7 @@ def test_envs_json_lists_families_and_splits():
     data = json.loads(_cli("envs", "--json", "--show-tasks", "test"))
     names = {f["name"] for f in data["families"]}
     assert {"reach", "grasp-lift", "place"} <= names
-    assert set(data["families"][0]["splits"]) == {"train", "test", "hard"}
+    assert set(data["families"][0]["splits"]) == {"train", "val", "test", "hard"}
     assert len(data["tasks"]["test"]) >= 40
 
 

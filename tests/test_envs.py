@@ -32,7 +32,7 @@ def test_gymnasium_env_checker_passes(env_id):
 
 
 @pytest.mark.parametrize("env_id", ENV_IDS)
-@pytest.mark.parametrize("split", ["train", "test", "hard"])
+@pytest.mark.parametrize("split", ["train", "val", "test", "hard"])
 def test_rollout_invariants(env_id, split):
     env = gym.make(env_id, split=split)
     grasp = env_id in GRASP_IDS
@@ -204,7 +204,7 @@ def test_render_rgb_array():
     env.close()
 
 
-@pytest.mark.parametrize("split", ["train", "test", "hard"])
+@pytest.mark.parametrize("split", ["train", "val", "test", "hard"])
 def test_objects_start_at_rest(split):
     """Objects settle before the episode: left alone, none drifts, topples or rolls away."""
     env = GraspEnv(split=split)

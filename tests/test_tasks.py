@@ -47,9 +47,20 @@ def test_splits_are_fixed_and_never_overlap():
     )
 
 
+def test_val_is_a_fixed_draw_of_the_training_distribution():
+    val = split_tasks("val")
+    assert len(val) == 48 and val == split_tasks.__wrapped__("val")  # deterministic
+    assert all(in_train_support(t) for t in val)  # train tasks, never held-out ones
+    assert set(val).isdisjoint(split_tasks("test") + split_tasks("hard"))
+    assert [t.task_id for t in val] == [f"val-{i:03d}" for i in range(48)]
+    assert len({t.shape for t in val}) >= 6 and 0.2 < np.mean([t.fragile for t in val]) < 0.8
+    with pytest.raises(UnknownNameError, match="'val'"):
+        split_tasks("train")
+
+
 def test_every_sampled_task_is_feasible_and_mixes_fragile_and_robust():
     rng = np.random.default_rng(1)
-    tasks = [sample_task(rng, s) for s in ("train", "test", "hard") for _ in range(300)]
+    tasks = [sample_task(rng, s) for s in ("train", "val", "test", "hard") for _ in range(300)]
     assert all(is_feasible(t) for t in tasks)
     fragile = np.mean([t.fragile for t in tasks])
     assert 0.2 < fragile < 0.8

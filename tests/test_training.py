@@ -841,3 +841,16 @@ def test_sac_behaviour_cloning_pulls_the_actor_to_the_expert_where_the_q_filter_
 def test_behaviour_cloning_needs_demonstrations():
     with pytest.raises(ConfigError, match="algo.demo_episodes is 0"):
         resolve_config("sac", "grasp-lift", "quick", overrides={"algo": {"bc_weight": 0.4}})
+
+
+def test_keep_every_keeps_loadable_copies_at_their_budgets(tmp_path):
+    out = tmp_path / "run"
+    Runner(runner_config(keep_every=2), out, progress_bar=False).train()
+    kept = sorted(p.name for p in (out / "checkpoints").glob("step_*.pt"))
+    assert kept == ["step_160.pt", "step_320.pt"]  # iterations 2 and 4 of 5
+    for name, it in (("step_160.pt", 2), ("step_320.pt", 4)):
+        ckpt = load_checkpoint(out / "checkpoints" / name, "ppo")
+        assert ckpt["progress"]["iteration"] == it and ckpt["state"]["iteration"] == it
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["progress"]["iteration"] == 5
+    with pytest.raises(ConfigError, match="keep_every"):
+        Runner(runner_config(keep_every=-1), tmp_path / "bad", progress_bar=False)
