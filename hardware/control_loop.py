@@ -358,7 +358,7 @@ class ControlLoop:
                     "policy file or its inputs are broken: the robot was stopped"
                 )
             applied = np.minimum(np.maximum(action, -1.0), 1.0)
-            targets, force = self.action_map.step(applied)
+            targets, force = self.action_map.step(applied, float(reading.q[5]))
             command, flags = self.shield.filter(targets, reading.q)
             robot.write(command, force)
             end = time.monotonic()

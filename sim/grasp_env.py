@@ -408,7 +408,7 @@ class GraspEnv(gym.Env):
         self._pending.append(action)
         applied = self._pending.popleft()
         cfg, m, d, h = self.config, self.model, self.data, self.h
-        t, force_fraction = self._action_map.step(applied)
+        t, force_fraction = self._action_map.step(applied, float(d.qpos[h.arm_qpos[5]]))
         # The gripper's current limit: the hidden actuator gain scales the force a command
         # delivers, as a motor's torque constant and gear losses do on a real servo.
         limit = scene.GRIPPER_FORCE * self.task.actuator_gain * force_fraction

@@ -32,12 +32,15 @@ MAX_HALF_WIDTH = 0.032
 MIN_HALF_HEIGHT = 0.010
 MAX_HALF_HEIGHT = 0.045
 
-FAMILY_VERSION = 3
+FAMILY_VERSION = 4
 """Version of the grasp family's physics, stamped into cached evaluations so that a change
 re-runs them: 1 up to 2026-12-01 05:00 UTC; 2 adds the collapse of crushed objects (the
 same success and crush flags, other observations after a crush); 3 (2026-12-01 07:05 UTC)
 gives the meshes a base as wide as the object, so that all six stand upright (in 1-2, four
-toppled and ``mesh_1`` lay 10 mm tall, where no grip lifts it)."""
+toppled and ``mesh_1`` lay 10 mm tall, where no grip lifts it); 4 (2026-12-01 11:25 UTC)
+starts an opening gripper target from the fingers, not from past-closed where a squeeze
+left it (:meth:`metagrasp.actions.ActionMap.step`; before, letting go crushed fragile
+objects at full current)."""
 
 CRUSH_COLLAPSE = 0.6
 """Size of a crushed object relative to the intact one, about its centre. A real object

@@ -129,3 +129,47 @@ def test_every_shape_is_lifted_by_the_scripted_grasp(shape):
     caps success."""
     size = next(t.size for t in split_tasks("test") + split_tasks("hard") if t.shape == shape)
     assert _outcome(BOX.replace(shape=shape, size=size), 6.0)["success"]
+
+
+def test_an_opening_command_starts_from_the_fingers_not_from_past_closed():
+    from metagrasp.actions import ARM, ActionMap, ActionMapConfig
+
+    m = ActionMap(ActionMapConfig())
+    m.reset(np.array(ARM.home))
+    squeeze = np.zeros(6, np.float32)
+    squeeze[5] = 0.5
+    for _ in range(40):  # the target runs past-closed while the fingers stop on an object
+        m.step(squeeze)
+    held_at = 0.02  # the fingers' measured position on that object (m)
+    assert m.grip_target < held_at
+    release = np.zeros(6, np.float32)
+    release[5] = -1.0
+    targets, force = m.step(release.copy(), gripper_q=held_at)
+    assert force == 1.0 and targets[5] >= held_at  # never narrower than the fingers
+    # Without the measurement the target stays inside the object at full current (the
+    # windup that crushed fragile objects before family version 4).
+    m2 = ActionMap(ActionMapConfig())
+    m2.reset(np.array(ARM.home))
+    for _ in range(40):
+        m2.step(squeeze)
+    assert m2.step(release.copy())[0][5] < held_at
+
+
+def test_letting_go_of_a_fragile_object_never_crushes_it():
+    fragile = BOX.replace(crush_limit=5.0)
+    env = GraspEnv()
+    obs, _ = env.reset(seed=0, options={"task": fragile, **POSE})
+    policy, held = ScriptedGrasp(fragile, grip_force=3.0), 0
+    for _ in range(env.config.max_steps):
+        obs, _, _, _, info = env.step(policy(obs))
+        held = held + 1 if info["grip_force"] > 0 else 0
+        if held == 5:
+            break
+    assert held == 5 and not info["crushed"]
+    peak = 0.0
+    for _ in range(10):  # open: stay where the arm is, fingers wide
+        a = np.zeros(6, np.float32)
+        a[5] = -1.0
+        obs, _, _, _, info = env.step(a)
+        peak = max(peak, info["grip_force"])
+    assert not info["crushed"] and peak < fragile.crush_limit

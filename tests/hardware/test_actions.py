@@ -41,8 +41,9 @@ def test_a_standalone_action_map_reproduces_the_envs_servo_targets(mode):
     rng = np.random.default_rng(0)
     for _ in range(40):
         a = rng.uniform(-1, 1, 6).astype(np.float32)
+        gripper_q = float(env.data.qpos[env.h.arm_qpos[5]])  # read before acting, as on a robot
         env.step(a)
-        targets, force = amap.step(np.clip(a, -1, 1))
+        targets, force = amap.step(np.clip(a, -1, 1), gripper_q)
         np.testing.assert_array_equal(env.data.ctrl[env.h.actuators], targets)
         full = scene.GRIPPER_FORCE * env.task.actuator_gain
         assert env.model.actuator_forcerange[env.h.actuators[5], 1] == pytest.approx(full * force)
