@@ -206,7 +206,7 @@ def add_eval_parser(sub: Any, handler: Any) -> None:
         "and return after k = 0..K adaptation episodes; writes results.json and a plot.",
     )
     p.add_argument("run", help="run directory written by `metagrasp train`")
-    p.add_argument("--split", default="test", help="test or hard (val: a fixed draw of train tasks)")
+    p.add_argument("--split", default="test", help="test, hard or val (train tasks)")
     p.add_argument("--episodes-per-task", type=int, default=None, help="K (default: config)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="evaluation seeds")
     p.add_argument("--checkpoint", default=None, help="checkpoint (default: last)")
