@@ -245,9 +245,7 @@ class ActionMap:
         self.grip_target = float(q[5])
         self.tcp_target = forward_tcp(q)
 
-    def step(
-        self, applied: np.ndarray, gripper_q: float | None = None
-    ) -> tuple[np.ndarray, float]:
+    def step(self, applied: np.ndarray, gripper_q: float | None = None) -> tuple[np.ndarray, float]:
         """Servo targets for one (clipped, finite) action.
 
         Args:
