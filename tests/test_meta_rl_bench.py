@@ -196,3 +196,34 @@ def test_the_grip_blind_to_the_crush_limit_is_a_multiple_of_the_lifting_force():
     other = dataclasses.replace(task, crush_limit=task.crush_limit * 0.1)
     assert mod._lift_only(2.0, other) == mod._lift_only(2.0, task)
     assert mod._lift_only(1e6, task) == 20.0
+
+
+def test_judge_agreement_counts_missed_and_false_crushes_by_shape():
+    """benchmarks/judge_agreement.py's summary: the confusion of sim vs device verdicts,
+    the crushes the device missed and the ones it invented, per shape."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "judge_agreement", REPO / "benchmarks" / "judge_agreement.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.verdict(lifted=True, crushed=True) == "crushed"
+    assert mod.verdict(lifted=True, crushed=False) == "lifted"
+    assert mod.verdict(lifted=False, crushed=False) == "missed"
+    recs = [
+        {"shape": "box", "sim": "crushed", "device": "crushed", "crush_delay": 3},
+        {"shape": "mesh_4", "sim": "crushed", "device": "lifted", "crush_delay": 5},
+        {"shape": "mesh_4", "sim": "crushed", "device": "missed", "crush_delay": None},
+        {"shape": "mesh_1", "sim": "missed", "device": "crushed", "crush_delay": None},
+        {"shape": "box", "sim": "lifted", "device": "lifted", "crush_delay": None},
+    ]
+    out = mod.summarise(recs)
+    assert out["judgements"] == 5
+    assert out["confusion"]["crushed"] == {"crushed": 1, "lifted": 1, "missed": 1}
+    assert out["confusion"]["missed"]["crushed"] == 1
+    assert out["crush_recall"] == pytest.approx(1 / 3)
+    assert out["missed_crushes_by_shape"] == {"box": [0, 1], "mesh_4": [2, 2]}
+    assert out["false_crushes_by_shape"] == {"mesh_1": 1}
+    assert out["crush_delay_median"] == {"found": 3.0, "missed": 5.0}
+    assert mod.summarise([])["crush_recall"] is None
