@@ -101,8 +101,8 @@ def measure(runs: Sequence[Path], split: str, k: int, seeds: Sequence[int]) -> d
             return lifted, crushed
 
         algo._judge = judge
-        # One member per task (num_envs = all tasks), so member i is task i of the split.
-        meta_test(algo, spec, split, k, tuple(seeds))
+        # One member per task, so member i is task i of the split (``shapes[i]``).
+        meta_test(algo, spec, split, k, tuple(seeds), num_envs=len(shapes))
     return summarise(records)
 
 

@@ -2,6 +2,7 @@
 (trained from their source run and charged its time and steps) and its per-class table,
 the scripted reference grip, and grip_probe.py."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -12,6 +13,14 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 META_RL = REPO / "benchmarks" / "meta_rl.py"
 TINY = ["run.total_env_steps=160", "run.num_envs=4", "run.workers=0", "algo.warmup_steps=40"]
+
+
+def _bench(name: str):
+    """The module of ``benchmarks/NAME.py`` (the benchmarks are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def _meta_rl(*args: str) -> subprocess.CompletedProcess:
@@ -82,15 +91,11 @@ def test_warm_start_and_train_set_name_trained_algorithms(tmp_path):
 
 
 def test_success_by_object_class_and_by_shape():
-    import importlib.util
-
     import numpy as np
 
     from metagrasp.sim.registry import family_split_tasks
 
-    spec = importlib.util.spec_from_file_location("meta_rl", META_RL)
-    meta_rl = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(meta_rl)
+    meta_rl = _bench("meta_rl")
     fragile = np.array([t.fragile for t in family_split_tasks("grasp-lift", "test")])
     succ = np.zeros((2, fragile.size, 4))
     succ[:, ~fragile, 3] = 1.0  # lifts every robust object after 3 episodes, no fragile one
@@ -128,8 +133,6 @@ def test_privileged_scripted_grip_sits_inside_each_objects_force_window():
 
 
 def test_grip_probe_reports_each_fragile_task_of_a_trained_run(tmp_path):
-    import importlib.util
-
     from metagrasp.policies.runner import Runner, resolve_config
 
     overrides = {
@@ -138,11 +141,7 @@ def test_grip_probe_reports_each_fragile_task_of_a_trained_run(tmp_path):
     }
     resolved = resolve_config("sac", "grasp-lift", "quick", overrides=overrides)
     Runner(resolved, tmp_path / "run", progress_bar=False).train()
-    spec = importlib.util.spec_from_file_location(
-        "grip_probe", REPO / "benchmarks" / "grip_probe.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _bench("grip_probe")
     res = mod.probe(str(tmp_path / "run"), "test", deterministic=True)
     assert res["fragile_tasks"] == 30
     assert len(res["g_at_crush"]) == round(res["crushed"] * 30)
@@ -152,13 +151,7 @@ def test_grip_probe_reports_each_fragile_task_of_a_trained_run(tmp_path):
 def test_adaptive_scripted_grip_bisects_between_a_drop_and_a_crush():
     """benchmarks/scripted_grip.py's adaptive rule: keep a grip while it lifts, halve the
     log-interval after a crush or a drop, never leave the gripper's range."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "scripted_grip", REPO / "benchmarks" / "scripted_grip.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _bench("scripted_grip")
     assert mod.next_grip([]) == mod.BEST_FIXED_GRIP_N
     assert mod.next_grip([(4.0, True, False)]) == 4.0
     # Outcomes after a lift still count: lifted then crushed at 4 N goes below 4 N (the
@@ -181,15 +174,10 @@ def test_the_grip_blind_to_the_crush_limit_is_a_multiple_of_the_lifting_force():
     """benchmarks/scripted_grip.py's ``lift xM`` rules: M times the force that lifts the
     object, after the hidden gain, inside the gripper's range; the crush limit unused."""
     import dataclasses
-    import importlib.util
 
     from metagrasp.sim.registry import family_split_tasks
 
-    spec = importlib.util.spec_from_file_location(
-        "scripted_grip", REPO / "benchmarks" / "scripted_grip.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _bench("scripted_grip")
     task = family_split_tasks("grasp-lift", "test")[0]
     want = 2.0 * task.required_grip_force() / task.actuator_gain
     assert mod._lift_only(2.0, task) == pytest.approx(min(max(want, 0.5), 20.0))
@@ -201,13 +189,7 @@ def test_the_grip_blind_to_the_crush_limit_is_a_multiple_of_the_lifting_force():
 def test_judge_agreement_counts_missed_and_false_crushes_by_shape():
     """benchmarks/judge_agreement.py's summary: the confusion of sim vs device verdicts,
     the crushes the device missed and the ones it invented, per shape."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "judge_agreement", REPO / "benchmarks" / "judge_agreement.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _bench("judge_agreement")
     assert mod.verdict(lifted=True, crushed=True) == "crushed"
     assert mod.verdict(lifted=True, crushed=False) == "lifted"
     assert mod.verdict(lifted=False, crushed=False) == "missed"
