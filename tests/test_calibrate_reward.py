@@ -186,7 +186,8 @@ def _squeeze(opening_mm, noise_mm, seed=0):
 def test_a_collapse_is_a_drop_beyond_a_quarter_of_the_stop_and_the_noise():
     held = [30.0] * 12
     gave = np.r_[held, np.linspace(30, 18, 5), [18.0] * 12]  # 40 % after a stop: a crush
-    assert collapse_step(*_squeeze(gave, 0.5)) == 10 + 12 + 1
+    # Step 10 + 12 + 2 is the first whose 3-step median is 7.5 mm (25 %) below the stop.
+    assert collapse_step(*_squeeze(gave, 0.5)) == 10 + 12 + 2
     assert collapse_step(*_squeeze(np.r_[held, [30.0] * 17], 0.5)) == -1  # held intact
     # Fingers that never stop (closing on nothing under load) are no collapse.
     assert collapse_step(*_squeeze(np.linspace(30, -20, 29), 0.5)) == -1
