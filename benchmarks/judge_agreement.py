@@ -74,33 +74,29 @@ def measure(runs: Sequence[Path], split: str, k: int, seeds: Sequence[int]) -> d
 
     shapes = [t.shape for t in split_tasks(split)]
     records: list[dict[str, Any]] = []
+
+    def record(ep: Any, lifted: np.ndarray, crushed: np.ndarray) -> None:
+        """Each verdict of the search (which runs unchanged) beside the sim's flags."""
+        for i in range(len(ep.success)):
+            n = int(ep.mask[i].sum())
+            squeeze = np.flatnonzero(ep.actions[i, :n, 5] > 0)
+            # The crush is the episode's one-off -10 reward term, its lowest reward.
+            at = int(np.argmin(ep.rewards[i, :n])) if ep.crushed[i] else None
+            delay = at - int(squeeze[0]) if at is not None and len(squeeze) else None
+            records.append(
+                {
+                    "shape": shapes[i],
+                    "sim": verdict(bool(ep.success[i]), bool(ep.crushed[i])),
+                    "device": verdict(bool(lifted[i]), bool(crushed[i])),
+                    "crush_delay": delay,
+                }
+            )
+
     for run in runs:
         algo, _, spec = load_trained(run, None, {"judge": "device", "squeeze_guard": True})
-        if not hasattr(algo, "_judge"):
+        if not hasattr(algo, "judgement_observer"):
             raise SystemExit(f"{run} is not a sac-grip run (no grip search to judge)")
-        device_judge = algo._judge
-
-        # Wrap this instance's judge: the search itself runs unchanged, on the device's
-        # verdicts, and every verdict is recorded next to the sim's flags of the episode.
-        def judge(ep: Any, _device_judge: Any = device_judge) -> tuple[np.ndarray, np.ndarray]:
-            lifted, crushed = _device_judge(ep)
-            for i in range(len(ep.success)):
-                n = int(ep.mask[i].sum())
-                squeeze = np.flatnonzero(ep.actions[i, :n, 5] > 0)
-                # The crush is the episode's one-off -10 reward term, its lowest reward.
-                at = int(np.argmin(ep.rewards[i, :n])) if ep.crushed[i] else None
-                delay = at - int(squeeze[0]) if at is not None and len(squeeze) else None
-                records.append(
-                    {
-                        "shape": shapes[i],
-                        "sim": verdict(bool(ep.success[i]), bool(ep.crushed[i])),
-                        "device": verdict(bool(lifted[i]), bool(crushed[i])),
-                        "crush_delay": delay,
-                    }
-                )
-            return lifted, crushed
-
-        algo._judge = judge
+        algo.judgement_observer = record
         # One member per task, so member i is task i of the split (``shapes[i]``).
         meta_test(algo, spec, split, k, tuple(seeds), num_envs=len(shapes))
     return summarise(records)

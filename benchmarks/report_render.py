@@ -147,6 +147,33 @@ def render_meta_rl(sdir: Path, rec: dict[str, Any]) -> list[Table]:
     return tables
 
 
+def render_grasp_lift(sdir: Path, rec: dict[str, Any]) -> list[Table]:
+    """The meta-test tables, then the device's verdicts against the sim's flags."""
+    agreement = "judge-agreement"
+    steps = [s for s in rec["steps"] if s["name"] != agreement]
+    tables = render_meta_rl(sdir, {**rec, "steps": steps})
+    path = sdir / f"{agreement}-test.json"
+    if len(steps) == len(rec["steps"]) or not path.exists():
+        return tables
+    res = json.loads(path.read_text())
+    verdicts = list(res["confusion"])
+    md = ["| sim \\ device | " + " | ".join(verdicts) + " |", "|---|" + "---:|" * len(verdicts)]
+    for v in verdicts:
+        md.append(f"| {v} | " + " | ".join(str(res["confusion"][v][d]) for d in verdicts) + " |")
+    missed = ", ".join(f"{k} {m}/{n}" for k, (m, n) in res["missed_crushes_by_shape"].items())
+    false = ", ".join(f"{k} {n}" for k, n in res["false_crushes_by_shape"].items()) or "none"
+    note = (
+        f"Crush recall {_fmt(res['crush_recall'])}. Missed / all crushes by shape: {missed}. "
+        f"False crushes by shape: {false}."
+    )
+    title = (
+        f"sac-grip's device-judged search (`judge=device`), `{res['split']}`: the device's "
+        f"verdict on each of {res['judgements']} judgements vs the sim's flags"
+    )
+    tables.append(_table(rec, agreement, title, md, note=note))
+    return tables
+
+
 def _meta_rl_table(sdir, rec, step, res, split, lines, curves) -> Table:
     ks = max(len(v["per_k"]) for v in lines.values())
     head = "| algorithm | " + " | ".join(f"k={k} return (success)" for k in range(ks))

@@ -88,7 +88,7 @@ GRASP_LIFT_DEMOS_ARGS = [
 GRASP_LIFT_GRIP_ARGS = [
     "--task", "grasp-lift", "--preset", "default",
     "--algos", "sac", "sac-oracle", "sac-grip-dr", "sac-grip", "sac-grip:act_with=fixed",
-    "sac-grip:act_with=oracle",
+    "sac-grip:act_with=oracle", "sac-grip:judge=device",
     "--dr", "sac-grip-dr", "--oracle", "sac-grip:act_with=oracle",
     "--train-set", "sac:algo.demo_episodes=1000,run.total_env_steps=400000",
     "--train-set", "sac-oracle:algo.demo_episodes=1000,run.total_env_steps=400000",
@@ -270,10 +270,7 @@ def _swap(args: list[str], flag: str, values: list[str]) -> list[str]:
     if flag not in args:
         return [*args, flag, *values]
     i = args.index(flag)
-    j = i + 1
-    while j < len(args) and not args[j].startswith("--"):
-        j += 1
-    return [*args[: i + 1], *values, *args[j:]]
+    return [*args[: i + 1], *values, *args[i + 1 + len(_values(args, flag)) :]]
 
 
 def point_nav_steps(ctx: Context, sdir: Path) -> list[Step]:
@@ -294,11 +291,32 @@ def grasp_lift_steps(ctx: Context, sdir: Path) -> list[Step]:
     args = list(GRASP_LIFT_ARGS)
     if ctx.quick:
         args = _swap(args, "--algos", ["ppo", "rma"])
+    grip = _meta_rl_step(ctx, sdir, "grasp-lift-grip", list(GRASP_LIFT_GRIP_ARGS))
     return [
         _meta_rl_step(ctx, sdir, "grasp-lift", args),
         _meta_rl_step(ctx, sdir, "grasp-lift-demos", list(GRASP_LIFT_DEMOS_ARGS)),
-        _meta_rl_step(ctx, sdir, "grasp-lift-grip", list(GRASP_LIFT_GRIP_ARGS)),
+        grip,
+        _judge_agreement_step(ctx, sdir, grip),
     ]
+
+
+def _judge_agreement_step(ctx: Context, sdir: Path, grip: Step) -> Step:
+    """The device's verdicts beside the sim's flags (``judge_agreement.py``), on the
+    sac-grip runs and evaluation seeds of the grip step, on ``test``."""
+    runs = ctx.runs / f"grasp-lift-{_values(grip.argv, '--preset')[0]}" / "runs"
+    argv = [str(runs / f"sac-grip-s{s}") for s in _values(grip.argv, "--seeds")]
+    argv += ["--split", "test", "--seeds", *_values(grip.argv, "--eval-seeds")]
+    out = str(sdir / "judge-agreement-test.json")
+    return Step("judge-agreement", py("judge_agreement.py", *argv, "--json", out))
+
+
+def _values(args: list[str], flag: str) -> list[str]:
+    """The values after ``flag`` in ``args``, up to the next flag."""
+    i = args.index(flag) + 1
+    j = i
+    while j < len(args) and not args[j].startswith("--"):
+        j += 1
+    return args[i:j]
 
 
 def _policy_runs(ctx: Context, algos: tuple[str, ...]) -> tuple[list[Step], list[str]]:
@@ -439,7 +457,7 @@ SECTIONS: dict[str, Section] = {
             "Grasp-lift: meta-test per algorithm and split, gap closure, training curves",
             "Grasp-lift",
             grasp_lift_steps,
-            render.render_meta_rl,
+            render.render_grasp_lift,
         ),
         Section(
             "policy",

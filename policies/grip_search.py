@@ -38,6 +38,7 @@ on the robot, the search explores the grip.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -180,6 +181,11 @@ class GripSearch(SAC):
         },
     }
     privileged: ClassVar[bool] = True  # demonstrations squeeze at the privileged grip
+    judgement_observer: Callable[[Episodes, np.ndarray, np.ndarray], None] | None = None
+    """If set, called with each episode the search reads and its ``(lifted, crushed)``
+    verdicts, as :meth:`adapt` judges them (``benchmarks/judge_agreement.py`` records them
+    beside the sim's flags); it must not change them. Every earlier episode is read
+    again at each adaptation step."""
 
     def _extra_inputs(self, spec: EnvSpec) -> int:
         # SAC.__init__ asks this before building the networks: the place to check, once,
@@ -344,6 +350,9 @@ class GripSearch(SAC):
         if self.config.retry_misses and any(ep.gripped is None for ep in episodes):
             raise ConfigError(f"algo.retry_misses needs grip outcomes; {self.spec.family} has none")
         judged = [self._judge(ep) for ep in episodes]
+        if self.judgement_observer is not None:
+            for ep, (lifted, crushed) in zip(episodes, judged, strict=True):
+                self.judgement_observer(ep, lifted, crushed)
         outcomes = [
             [
                 (t[i], lifted[i], crushed[i])

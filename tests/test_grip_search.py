@@ -75,7 +75,11 @@ def test_adapt_lowers_after_a_crush_raises_after_a_drop_and_keeps_a_lift():
     state = algo.adapt(state, [first])
     assert state["grip"] == pytest.approx([math.sqrt(0.5 * 4), math.sqrt(4 * 20), 4.0])
     second = outcomes([False, True, True], [False, False, False])
+    seen = []  # the public hook sees every verdict the search reads, in order
+    algo.judgement_observer = lambda ep, lifted, crushed: seen.append((ep, lifted, crushed))
     state = algo.adapt(state, [first, second])
+    assert seen[0][0] is first and seen[1][0] is second
+    assert seen[1][1].tolist() == [False, True, True] and not seen[1][2].any()
     # crushed at 4 N then dropped at 1.41 N: between them; lifted at 8.9 N: kept.
     assert state["grip"] == pytest.approx([math.sqrt(math.sqrt(2.0) * 4), math.sqrt(80), 4.0])
     assert state["grip"][0] == pytest.approx(

@@ -127,10 +127,37 @@ def test_quick_grasp_lift_step_shrinks_every_budget_of_its_lines():
         sys.modules.pop("run_all", None)
     fields = {f.name: [] for f in dataclasses.fields(run_all.Context)}
     ctx = run_all.Context(**{**fields, "out": Path("/r"), "runs": Path("/r/runs"), "quick": True})
-    for step in run_all.grasp_lift_steps(ctx, Path("/r/grasp-lift")):
+    *meta_rl, agreement = run_all.grasp_lift_steps(ctx, Path("/r/grasp-lift"))
+    # The device-judging diagnostic reads the grip step's quick runs, with its seeds.
+    assert agreement.name == "judge-agreement" and "/r/runs/grasp-lift-quick/runs/sac-grip-s0" in (
+        agreement.argv
+    )
+    assert agreement.argv[agreement.argv.index("--seeds") :][:2] == ["--seeds", "0"]
+    for step in meta_rl:
         argv = step.argv
         own = [argv[i + 1] for i, a in enumerate(argv) if a == "--train-set"]
         assert own and all(
             o.endswith(":algo.demo_episodes=2,run.total_env_steps=1600") for o in own
         )
         assert argv[argv.index("--preset") + 1] == "quick"
+
+
+def test_the_judge_agreement_table_is_rendered_from_its_json(tmp_path):
+    """The grasp-lift section's last table: the shipped family-v4 agreement file."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import report_render
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    src = REPO / "docs/benchmarks/grasp-lift-grip/family-v4/judge-agreement-test.json"
+    shutil.copy(src, tmp_path / "judge-agreement-test.json")
+    step = {"name": "judge-agreement", "command": "python benchmarks/judge_agreement.py ..."}
+    rec = {"name": "grasp-lift", "started": "2026-12-02 00:00 UTC", "steps": [step]}
+    (table,) = report_render.render_grasp_lift(tmp_path, rec)
+    res = json.loads(src.read_text())
+    assert f"{res['judgements']} judgements" in table.title
+    crushed = res["confusion"]["crushed"]
+    assert f"| crushed | {crushed['crushed']} | {crushed['lifted']} | {crushed['missed']} |" in (
+        table.markdown
+    )
+    assert f"Crush recall {res['crush_recall']:.2f}" in table.note and "mesh_4" in table.note
