@@ -121,6 +121,17 @@ def _robot_run(
             out["crushed"][e["k"]].append(float(e["sim"]["crushed"]))
             out["dev_crushed"][e["k"]].append(float(e["device"]["crushed"]))
     out["aborted"] = aborted
+    # Every episode, for tracing a cell back to its objects: which grip each calibration
+    # episode squeezed with and what the device and the sim each made of it.
+    out["episodes"] = [
+        {
+            "phase": e["phase"],
+            "k": e["k"],
+            "device": {key: e["device"][key] for key in ("success", "crushed", "grip_peak_n")},
+            **({"sim": e["sim"]} if "sim" in e else {}),
+        }
+        for e in rep.episodes
+    ]
     return out
 
 
@@ -278,7 +289,7 @@ def main() -> int:
             robot = ("device", "sim_flag", "dev_ret", "sim_ret", "crushed", "dev_crushed")
             keys = (*robot, "sim", "sim_env_ret")
             acc = {key: {k: [] for k in KS} for key in keys}
-            aborted = 0
+            aborted, per_task = 0, []
             for task in _tasks(split, args.tasks):
                 t0 = time.monotonic()
                 with tempfile.TemporaryDirectory() as tmp:
@@ -287,6 +298,14 @@ def main() -> int:
                         path, task, args.k_max, loop, Path(tmp), limit, operator, args.detect_crush
                     )
                 aborted += r["aborted"]
+                per_task.append(
+                    {
+                        "task_id": task.task_id,
+                        "shape": task.shape,
+                        "crush_limit_n": task.crush_limit,
+                        "episodes": r["episodes"],
+                    }
+                )
                 for key in robot:
                     for k in KS:
                         acc[key][k] += r[key][k]
@@ -312,6 +331,7 @@ def main() -> int:
                 "robot_device_crushed": _stats(acc["dev_crushed"]),
                 "sim_return": _stats(acc["sim_env_ret"]),
                 "aborted_episodes": aborted,
+                "tasks": per_task,
             }
             print(json.dumps({name: {split: entry["splits"][split]}}), flush=True)
         results["bundles"][name] = entry

@@ -8,7 +8,13 @@ present positions, and returns targets that are
 2. within the robot file's position limits;
 3. at most ``max_step`` from the present position (a target far from where the joint is
    means a large, fast, hard-to-stop motion);
-4. at most ``max_velocity * period`` from the previous command (the target's own speed).
+4. at most ``max_velocity * period`` beyond the previous command or the present
+   position, whichever the target is nearer (the target's own speed). A target left
+   behind the joint may come back to it at once: a squeeze leaves the gripper's command
+   past-closed, inside the object the fingers stopped on, and letting go must not creep
+   out from there at full current (it crushed a fragile object on the virtual robot that
+   the sim, which has no shield, let go of intact). Moving the command towards where the
+   joint is lowers the servo's effort; it never speeds the joint up.
 
 Each limit that changed a target is counted per joint in :attr:`SafetyShield.counts` and
 flagged per call, so recordings show when the shield, not the policy, drove the robot.
@@ -41,7 +47,9 @@ class ShieldLimits:
     max_step: np.ndarray
     """Largest |target - present position|."""
     max_velocity: np.ndarray
-    """Largest |target - previous target| / period (units/s)."""
+    """Largest speed of the target (units/s): per period it moves at most this times the
+    period beyond the previous target, or beyond the present position when it comes
+    back towards the joint."""
 
     def __post_init__(self) -> None:
         arrays = (self.lower, self.upper, self.max_step, self.max_velocity)
@@ -107,7 +115,10 @@ class SafetyShield:
         flags |= self._count(0, safe, target)
         stepped = np.minimum(np.maximum(safe, present - lim.max_step), present + lim.max_step)
         flags |= self._count(1, stepped, safe)
-        moved = np.minimum(np.maximum(stepped, last - self._max_move), last + self._max_move)
+        # From the nearer of the previous command and the joint (module docstring, 4).
+        lo = np.minimum(last, present) - self._max_move
+        hi = np.maximum(last, present) + self._max_move
+        moved = np.minimum(np.maximum(stepped, lo), hi)
         flags |= self._count(2, moved, stepped)
         # The step and velocity clips are relative to positions that may lie outside the
         # limits (a joint pushed past them): the position limit has the last word.
