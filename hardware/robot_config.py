@@ -63,7 +63,8 @@ class JointConfig:
     direction: int = 1
     """+1 if ticks grow with the joint position, -1 if the servo is mounted mirrored."""
     max_velocity: float = 3.0
-    """Fastest the commanded target may move (units/s); the shield limits it."""
+    """Fastest the commanded target may move (units/s) beyond the previous command (or
+    the present position, when it comes back towards the joint); the shield limits it."""
     max_step: float = 0.35
     """Largest distance of a target from the present position (units); the shield clips."""
     effort_full_scale: float = 0.0

@@ -302,11 +302,27 @@ class _ScriptedOnDevice:
         return self.ctl(obs)
 
 
-def _scripted_episode(vr, tmp_path, grip_force=8.0):
+class _LetsGoWhileHolding(_ScriptedOnDevice):
+    """The scripted grasp, then an opening command (``g = -0.8``) 20 steps into the squeeze."""
+
+    def reset(self):
+        super().reset()
+        self.squeezed = 0
+
+    def act(self, obs):
+        a = np.array(self.ctl(obs), np.float32)
+        if self.squeezed >= 20:
+            a[5] = -0.8
+        elif a[5] > 0:
+            self.squeezed += 1
+        return a
+
+
+def _scripted_episode(vr, tmp_path, grip_force=8.0, policy=_ScriptedOnDevice):
     """One 4 s episode of the scripted grasp on ``vr``'s object through the device path:
     (deploy summary, the recorded episode's arrays)."""
     s = deploy(
-        _ScriptedOnDevice(vr.task, grip_force=grip_force),
+        policy(vr.task, grip_force=grip_force),
         vr.robot,
         vr.path,
         pose_source=vr.pose_address,
@@ -350,3 +366,22 @@ def test_a_crushed_object_gives_way_on_the_virtual_robot_and_the_device_sees_it(
     seen = DeviceReward(RewardConfig(detect_collapse=True))
     assert seen.episode(ep["obs"], ep["action"], ep["next_obs"]).crushed
     assert not DeviceReward().episode(ep["obs"], ep["action"], ep["next_obs"]).crushed
+
+
+@pytest.mark.slow
+def test_letting_go_after_a_gentle_squeeze_does_not_crush_on_the_virtual_robot(
+    virtual_robot, tmp_path
+):
+    """A squeeze leaves the gripper's command past-closed, inside the object. Letting go
+    must start from the fingers on the robot as in the sim (``ActionMap``'s anti-windup):
+    before the shield's velocity limit counted from the joint too, the command crept out
+    from past-closed at full current and crushed a fragile object (17.7 N peak on
+    ``test-047``, 2026-12-02)."""
+    from metagrasp.sim.tasks import TaskParams
+
+    box = TaskParams(shape="box", size=(0.018, 0.03, 0.025), mass=0.1, crush_limit=5.0)
+    vr = virtual_robot("feetech", task=box)
+    _, ep = _scripted_episode(vr, tmp_path, grip_force=2.0, policy=_LetsGoWhileHolding)
+    assert (ep["action"][:, 5] == np.float32(-0.8)).sum() >= 10  # it did let go
+    seen = vr.sim_outcome()
+    assert not seen["crushed"] and seen["grip_peak_n"] < 5.0, seen
