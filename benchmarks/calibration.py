@@ -121,8 +121,8 @@ def _robot_run(
             out["crushed"][e["k"]].append(float(e["sim"]["crushed"]))
             out["dev_crushed"][e["k"]].append(float(e["device"]["crushed"]))
     out["aborted"] = aborted
-    # Every episode, for tracing a cell back to its objects: which grip each calibration
-    # episode squeezed with and what the device and the sim each made of it.
+    # Every episode, for tracing a cell back to its objects: how hard each one squeezed
+    # (peak grip) and what the device and the sim each made of it.
     out["episodes"] = [
         {
             "phase": e["phase"],

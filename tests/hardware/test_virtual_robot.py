@@ -20,11 +20,14 @@ from metagrasp.hardware.recorder import load_recording
 from metagrasp.hardware.robot import Robot
 from metagrasp.hardware.robot_config import load_robot_file, save_robot_file, virtual_arm_config
 from metagrasp.kinematics import ARM
+from metagrasp.sim.tasks import TaskParams
 from metagrasp.sim.virtual_robot import VirtualRobot
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="needs os.openpty")
 
 RATE = 50.0
+FRAGILE_BOX = TaskParams(shape="box", size=(0.018, 0.03, 0.025), mass=0.1, crush_limit=5.0)
+"""A box that an 8 N squeeze crushes and a 2 N one lifts intact."""
 
 
 @pytest.fixture
@@ -357,10 +360,8 @@ def test_a_crushed_object_gives_way_on_the_virtual_robot_and_the_device_sees_it(
     """The virtual robot steps physics itself: the collapse of a crushed object must happen
     there too (``GraspEnv.advance_collapse``), or the device could never see a crush."""
     from metagrasp.adapt.reward import DeviceReward, RewardConfig
-    from metagrasp.sim.tasks import TaskParams
 
-    box = TaskParams(shape="box", size=(0.018, 0.03, 0.025), mass=0.1, crush_limit=5.0)
-    vr = virtual_robot("feetech", task=box)
+    vr = virtual_robot("feetech", task=FRAGILE_BOX)
     _, ep = _scripted_episode(vr, tmp_path, grip_force=8.0)
     assert vr.sim_outcome()["crushed"]
     seen = DeviceReward(RewardConfig(detect_collapse=True))
@@ -377,10 +378,7 @@ def test_letting_go_after_a_gentle_squeeze_does_not_crush_on_the_virtual_robot(
     before the shield's velocity limit counted from the joint too, the command crept out
     from past-closed at full current and crushed a fragile object (17.7 N peak on
     ``test-047``, 2026-12-02)."""
-    from metagrasp.sim.tasks import TaskParams
-
-    box = TaskParams(shape="box", size=(0.018, 0.03, 0.025), mass=0.1, crush_limit=5.0)
-    vr = virtual_robot("feetech", task=box)
+    vr = virtual_robot("feetech", task=FRAGILE_BOX)
     _, ep = _scripted_episode(vr, tmp_path, grip_force=2.0, policy=_LetsGoWhileHolding)
     assert (ep["action"][:, 5] == np.float32(-0.8)).sum() >= 10  # it did let go
     seen = vr.sim_outcome()
