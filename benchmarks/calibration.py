@@ -34,6 +34,7 @@ import platform
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -136,10 +137,16 @@ def _robot_run(
 
 
 def _sim_run(
-    path: str, task: Any, k_max: int, seed: int, known_limit: bool = False
+    path: str,
+    task: Any,
+    k_max: int,
+    seed: int,
+    known_limit: bool = False,
+    wrap: Callable[[Any], Any] | None = None,
 ) -> dict[int, float]:
     """The same protocol in the sim env with the same bundle: success per k (a grip
-    search adapts on the sim's lifted and crushed flags)."""
+    search adapts on the sim's lifted and crushed flags). ``wrap`` (env -> env), if
+    given, wraps the env, e.g. to impose a robot's limit the sim does not have."""
     from metagrasp.sim.grasp_env import EnvConfig, GraspEnv
 
     bundle = load_bundle(path)
@@ -150,6 +157,7 @@ def _sim_run(
     )
     pol.explore = True
     env = GraspEnv(config=EnvConfig(task="grasp-lift"))
+    env = wrap(env) if wrap else env
     state, history, out = bundle.init_state(), [], {}
     carry = not bundle.adapts and bool(state)
     for k in range(k_max + 1):

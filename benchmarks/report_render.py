@@ -454,7 +454,36 @@ def render_calibration(sdir: Path, rec: dict[str, Any]) -> list[Table]:
             "Device-side adaptation compute time (target <= 1 s for K = 3)",
             timing,
         ),
+        *render_wrist_rate(sdir, rec),
     ]
+
+
+def render_wrist_rate(sdir: Path, rec: dict[str, Any]) -> list[Table]:
+    """The sim protocol with the wrist roll rate-limited (``benchmarks/wrist_rate.py``)."""
+    path = sdir / "wrist-rate.json"
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text())
+    md = [
+        "| split | wrist-roll rate limit | success k = 0 / 1 / ... | steps limited | largest lag |",
+        "|---|---|---|---:|---:|",
+    ]
+    for split, cells in data["splits"].items():
+        for rate, c in cells.items():
+            succ = " / ".join(f"{v:.2f}" for v in c["success"].values())
+            limited = c["limited_steps"] / c["steps"] if c["steps"] else 0.0
+            label = "none (the sim)" if rate == "none" else f"{rate} rad/s"
+            md.append(
+                f"| {split} | {label} | {succ} (± {max(c['success_ci95'].values()):.2f}) | "
+                f"{limited:.0%} | {c['max_lag_rad']:.2f} rad |"
+            )
+    flip = data["sim_flip"]
+    note = (
+        f"The sim's own wrist roll peaks at {flip['peak_rad_s']:.1f} rad/s on a 180-degree flip; "
+        "the servos turn at most about 4.7 rad/s without load."
+    )
+    title = "The robot's slower wrist roll, in sim (shipped grip bundle)"
+    return [_table(rec, "wrist_rate", title, md, note=note)]
 
 
 # --- Ray scale-out ----------------------------------------------------------------------

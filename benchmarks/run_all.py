@@ -381,7 +381,13 @@ def calibration_steps(ctx: Context, sdir: Path) -> list[Step]:
     else:
         args += ["--tasks", "4", "--sim-seeds", "3"]
     out = str(sdir / "calibration.json")
-    return [Step("calibration", py("calibration.py", *args, "--json", out))]
+    # The robot's slower wrist roll, in sim with the shipped grip bundle.
+    wrist = ["--splits", "test", "--rates", "none", "4.7", "--tasks", "1", "--seeds", "0"]
+    wrist = [*wrist, "--k-max", "1"] if ctx.quick else []  # full: the script's defaults
+    return [
+        Step("calibration", py("calibration.py", *args, "--json", out)),
+        Step("wrist_rate", py("wrist_rate.py", *wrist, "--json", str(sdir / "wrist-rate.json"))),
+    ]
 
 
 def judging_steps(ctx: Context, sdir: Path) -> list[Step]:

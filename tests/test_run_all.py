@@ -161,3 +161,54 @@ def test_the_judge_agreement_table_is_rendered_from_its_json(tmp_path):
         table.markdown
     )
     assert f"Crush recall {res['crush_recall']:.2f}" in table.note and "mesh_4" in table.note
+
+
+def _benchmark_module(name: str):
+    sys.path.insert(0, str(REPO / "benchmarks"))  # benchmarks import their siblings
+    try:
+        import importlib
+
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+
+
+def test_the_wrist_rate_limit_moves_the_roll_command_at_its_speed_only():
+    """benchmarks/wrist_rate.py: a 180-degree finger_yaw jump ramps at the rate, counted."""
+    import math
+
+    import numpy as np
+
+    from metagrasp.sim.grasp_env import EnvConfig, GraspEnv
+
+    wrist = _benchmark_module("wrist_rate")
+    env = wrist.WristRateLimit(GraspEnv(config=EnvConfig(task="grasp-lift")), rate=5.0)
+    env.reset(seed=0)
+    step = 5.0 / 25 / (math.pi / 2)  # rad/s -> finger_yaw action units per 25 Hz step
+    yaw = [float(env.action(np.array([0, 0, 0, 1, 0, -1], np.float32))[3]) for _ in range(6)]
+    assert np.allclose(np.diff(yaw), step, atol=1e-6)  # ramps from the joint, never jumps
+    assert env.limited == env.steps == 6 and env.max_lag_rad > 1.2
+    # Once there, a command within reach passes unchanged and is not counted.
+    for _ in range(10):
+        env.action(np.array([0, 0, 0, 1, 0, -1], np.float32))
+    limited = env.limited
+    assert env.action(np.array([0, 0, 0, 0.95, 0, -1], np.float32))[3] == np.float32(0.95)
+    assert env.limited == limited
+    env.close()
+
+
+def test_the_wrist_rate_table_is_rendered_from_its_json(tmp_path):
+    """The calibration section's wrist table: the committed measurement's file."""
+    report_render = _benchmark_module("report_render")
+    src = REPO / "docs/benchmarks/wrist-rate.json"
+    shutil.copy(src, tmp_path / "wrist-rate.json")
+    step = {"name": "wrist_rate", "command": "python benchmarks/wrist_rate.py ..."}
+    rec = {"name": "calibration", "started": "2026-12-02 00:00 UTC", "steps": [step]}
+    (table,) = report_render.render_wrist_rate(tmp_path, rec)
+    res = json.loads(src.read_text())
+    assert f"{res['sim_flip']['peak_rad_s']:.1f} rad/s" in table.note
+    for split, cells in res["splits"].items():
+        for rate in cells:
+            assert f"| {split} | {'none (the sim)' if rate == 'none' else rate + ' rad/s'} |" in (
+                table.markdown
+            )
