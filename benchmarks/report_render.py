@@ -464,8 +464,10 @@ def render_wrist_rate(sdir: Path, rec: dict[str, Any]) -> list[Table]:
     if not path.exists():
         return []
     data = json.loads(path.read_text())
+    first = next(iter(next(iter(data["splits"].values())).values()))
+    ks = " / ".join(first["success"])
     md = [
-        "| split | wrist-roll rate limit | success k = 0 / 1 / ... | steps limited | largest lag |",
+        f"| split | wrist-roll rate limit | success at k = {ks} | steps limited | largest lag |",
         "|---|---|---|---:|---:|",
     ]
     for split, cells in data["splits"].items():
