@@ -142,27 +142,6 @@ def test_quick_grasp_lift_step_shrinks_every_budget_of_its_lines():
         assert argv[argv.index("--preset") + 1] == "quick"
 
 
-def test_the_judge_agreement_table_is_rendered_from_its_json(tmp_path):
-    """The grasp-lift section's last table: the shipped family-v4 agreement file."""
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        import report_render
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
-    src = REPO / "docs/benchmarks/grasp-lift-grip/family-v4/judge-agreement-test.json"
-    shutil.copy(src, tmp_path / "judge-agreement-test.json")
-    step = {"name": "judge-agreement", "command": "python benchmarks/judge_agreement.py ..."}
-    rec = {"name": "grasp-lift", "started": "2026-12-02 00:00 UTC", "steps": [step]}
-    (table,) = report_render.render_grasp_lift(tmp_path, rec)
-    res = json.loads(src.read_text())
-    assert f"{res['judgements']} judgements" in table.title
-    crushed = res["confusion"]["crushed"]
-    assert f"| crushed | {crushed['crushed']} | {crushed['lifted']} | {crushed['missed']} |" in (
-        table.markdown
-    )
-    assert f"Crush recall {res['crush_recall']:.2f}" in table.note and "mesh_4" in table.note
-
-
 def _benchmark_module(name: str):
     sys.path.insert(0, str(REPO / "benchmarks"))  # benchmarks import their siblings
     try:
@@ -171,6 +150,30 @@ def _benchmark_module(name: str):
         return importlib.import_module(name)
     finally:
         sys.path.remove(str(REPO / "benchmarks"))
+
+
+def _render_committed(tmp_path: Path, render: str, src: str, step: str, section: str):
+    """A section's renderer on a committed result file: ``(tables, the file's JSON)``."""
+    report_render = _benchmark_module("report_render")
+    path = REPO / src
+    shutil.copy(path, tmp_path / path.name)
+    cmd = {"name": step, "command": f"python benchmarks/{step}.py ..."}
+    rec = {"name": section, "started": "2026-12-02 00:00 UTC", "steps": [cmd]}
+    return getattr(report_render, render)(tmp_path, rec), json.loads(path.read_text())
+
+
+def test_the_judge_agreement_table_is_rendered_from_its_json(tmp_path):
+    """The grasp-lift section's last table: the shipped family-v4 agreement file."""
+    src = "docs/benchmarks/grasp-lift-grip/family-v4/judge-agreement-test.json"
+    (table,), res = _render_committed(
+        tmp_path, "render_grasp_lift", src, "judge-agreement", "grasp-lift"
+    )
+    assert f"{res['judgements']} judgements" in table.title
+    crushed = res["confusion"]["crushed"]
+    assert f"| crushed | {crushed['crushed']} | {crushed['lifted']} | {crushed['missed']} |" in (
+        table.markdown
+    )
+    assert f"Crush recall {res['crush_recall']:.2f}" in table.note and "mesh_4" in table.note
 
 
 def test_the_wrist_rate_limit_moves_the_roll_command_at_its_speed_only():
@@ -199,13 +202,10 @@ def test_the_wrist_rate_limit_moves_the_roll_command_at_its_speed_only():
 
 def test_the_wrist_rate_table_is_rendered_from_its_json(tmp_path):
     """The calibration section's wrist table: the committed measurement's file."""
-    report_render = _benchmark_module("report_render")
-    src = REPO / "docs/benchmarks/wrist-rate.json"
-    shutil.copy(src, tmp_path / "wrist-rate.json")
-    step = {"name": "wrist_rate", "command": "python benchmarks/wrist_rate.py ..."}
-    rec = {"name": "calibration", "started": "2026-12-02 00:00 UTC", "steps": [step]}
-    (table,) = report_render.render_wrist_rate(tmp_path, rec)
-    res = json.loads(src.read_text())
+    src = "docs/benchmarks/wrist-rate.json"
+    (table,), res = _render_committed(
+        tmp_path, "render_wrist_rate", src, "wrist_rate", "calibration"
+    )
     assert f"{res['sim_flip']['peak_rad_s']:.1f} rad/s" in table.note
     for split, cells in res["splits"].items():
         for rate in cells:
