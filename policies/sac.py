@@ -57,7 +57,8 @@ class SACConfig:
     target_entropy: float | None = None
     """Policy entropy (nats) the temperature is tuned towards; ``None`` = -act_dim, the
     usual choice. Higher keeps exploring longer: on grasp-lift, -3 made SAC-DR lift
-    earlier, but not the oracle (docs/BENCHMARKS.md)."""
+    earlier, but not the oracle. Lower (-12) raised sac-grip's oracle line by 2-5 points
+    with sampled actions, but not its gap closure, on two seeds (docs/BENCHMARKS.md)."""
     init_from: str = ""
     """Oracle only: the directory of a trained SAC-DR run to start from (policy
     expansion). Its actor, critics, temperature and normaliser are copied, and the
