@@ -83,11 +83,12 @@ def sim_flip_speed() -> dict[str, float]:
     env = GraspEnv(config=EnvConfig(task="grasp-lift"))
     obs, _ = env.reset(seed=0)
     i = OBS_NAMES.index("q_wrist_roll")
-    a = np.zeros(6, np.float32)
+    a = np.zeros(env.action_space.shape, np.float32)
     a[env.action_names.index("gripper")] = -1.0
+    yaw = env.action_names.index("finger_yaw")
     q = []
     for t in range(40):
-        a[env.action_names.index("finger_yaw")] = -1.0 if t < 15 else 1.0
+        a[yaw] = -1.0 if t < 15 else 1.0
         obs, *_ = env.step(a)
         q.append(float(obs[i]))
     env.close()
@@ -96,6 +97,34 @@ def sim_flip_speed() -> dict[str, float]:
     return {
         "peak_rad_s": float(dq.max() * env.config.control_hz),
         "steps_to_within_0.05_rad": settle,
+    }
+
+
+def _measure(
+    args: argparse.Namespace, tasks: list[Any], rate: float | None, ks: list[int]
+) -> dict[str, Any]:
+    """One table row: the sim protocol on every task and seed with the wrist at ``rate``."""
+    t0 = time.monotonic()
+    wrappers: list[WristRateLimit] = []
+
+    def wrap(env: gym.Env) -> gym.Env:
+        wrappers.append(WristRateLimit(env, rate))
+        return wrappers[-1]
+
+    runs = [
+        _sim_run(args.bundle, t, args.k_max, s, wrap=wrap if rate is not None else None)
+        for s in args.seeds
+        for t in tasks
+    ]
+    n = len(runs)
+    return {
+        "success": {k: float(np.mean([r[k] for r in runs])) for k in ks},
+        "success_ci95": {k: float(1.96 * np.std([r[k] for r in runs]) / math.sqrt(n)) for k in ks},
+        "episodes_per_k": n,
+        "limited_steps": sum(w.limited for w in wrappers),
+        "steps": sum(w.steps for w in wrappers),
+        "max_lag_rad": max((w.max_lag_rad for w in wrappers), default=0.0),
+        "wall_s": round(time.monotonic() - t0, 1),
     }
 
 
@@ -131,32 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         tasks = _tasks(split, args.tasks)
         out["splits"][split] = {}
         for rate in rates:
-            t0 = time.monotonic()
-            wrappers: list[WristRateLimit] = []
-
-            def wrap(env: gym.Env, rate: float | None = rate, made: list = wrappers) -> gym.Env:
-                if rate is None:
-                    return env
-                made.append(WristRateLimit(env, rate))
-                return made[-1]
-
-            runs = [
-                _sim_run(args.bundle, t, args.k_max, s, wrap=wrap)
-                for s in args.seeds
-                for t in tasks
-            ]
-            n = len(runs)
-            cell = {
-                "success": {k: float(np.mean([r[k] for r in runs])) for k in ks},
-                "success_ci95": {
-                    k: float(1.96 * np.std([r[k] for r in runs]) / math.sqrt(n)) for k in ks
-                },
-                "episodes_per_k": n,
-                "limited_steps": sum(w.limited for w in wrappers),
-                "steps": sum(w.steps for w in wrappers),
-                "max_lag_rad": max((w.max_lag_rad for w in wrappers), default=0.0),
-                "wall_s": round(time.monotonic() - t0, 1),
-            }
+            cell = _measure(args, tasks, rate, ks)
             key = "none" if rate is None else f"{rate:g}"
             out["splits"][split][key] = cell
             print(json.dumps({split: {key: cell}}), flush=True)
