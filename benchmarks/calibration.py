@@ -29,9 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -39,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from provenance import stamp
 
 from metagrasp.adapt.calibrate import CalibrateConfig, CalibrationPolicy, calibrate
 from metagrasp.adapt.reward import DeviceReward, RewardConfig
@@ -259,11 +257,7 @@ def main() -> int:
         rate_hz=25.0, episode_steps=100, park_s=args.park_seconds, settle_s=args.settle_seconds
     )
     results: dict[str, Any] = {
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "commit": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-        ).stdout.strip(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+        **stamp(),
         "tasks_per_split": args.tasks,
         "k_max": args.k_max,
         "known_grip_limit": args.known_grip_limit,

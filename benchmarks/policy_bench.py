@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from provenance import git_commit
 
 from metagrasp.export.bench import bench_policy, format_bench
 from metagrasp.export.exporter import export_run
@@ -32,9 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--adapt-calls", type=int, default=30, help="timed adapt() calls")
     p.add_argument("--json", default=None, help="write all results to this JSON file")
     args = p.parse_args(argv)
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
+    commit = git_commit()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for run in args.runs:

@@ -25,11 +25,12 @@ import argparse
 import json
 import pickle
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from provenance import git_commit, utc_now
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -126,13 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {
         "benchmark": "ray_scaling",
         "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
-        "commit": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            cwd=Path(__file__).resolve().parent,
-        ).stdout.strip(),
+        "date": utc_now(),
+        "commit": git_commit(),
         "machine": machine_info(),
         "ray": ray.__version__,
         "config": vars(args),

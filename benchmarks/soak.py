@@ -18,13 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 
 import numpy as np
+from provenance import stamp
 
 from metagrasp.hardware.control_loop import LoopConfig
 from metagrasp.hardware.deploy import deploy
@@ -145,14 +145,8 @@ def main() -> int:
             flush=True,
         )
         results.append(soak(protocol, args.cycles, args.rate, args.realtime_priority))
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
     out = {
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-        "commit": commit,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
-        f"Python {platform.python_version()}",
+        **stamp(),
         "command": "python " + " ".join(sys.argv),
         "results": results,
     }

@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +32,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 from calibration import KS, _sim_run, _tasks
+from provenance import stamp
 
 from metagrasp.actions import OBS_NAMES
 
@@ -143,14 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     rates = [None if r == "none" else float(r) for r in args.rates]
     if any(r is not None and r <= 0 for r in rates):
         raise SystemExit("--rates: each rate must be > 0 rad/s, or 'none'")
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
     out: dict[str, Any] = {
         "bundle": args.bundle,
-        "machine": f"{platform.node()} ({platform.processor() or platform.machine()})",
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "commit": commit,
+        **stamp(),
         "sim_flip": sim_flip_speed(),
         "splits": {},
     }
