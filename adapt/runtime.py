@@ -441,16 +441,17 @@ class PolicyBundle:
             raise BundleInputError("every episode must have the same number of members")
         s = self.adaptation["settings"]
         start, lo, hi = float(s["start_n"]), float(s["low_n"]), float(s["high_n"])
+        retry_drops = bool(s.get("retry_drops", False))  # absent in bundles before 2026-12-02
         if s.get("rule", "bisect") == "prior":
             windows = np.asarray(s["windows"], np.float64)
             fail = float(s["fail_rate"])
 
             def rule(tried: list) -> float:
-                return next_grip_prior(tried, windows, start, lo, hi, fail)
+                return next_grip_prior(tried, windows, start, lo, hi, fail, retry_drops=retry_drops)
         else:
 
             def rule(tried: list) -> float:
-                return next_grip(tried, start, lo, hi)
+                return next_grip(tried, start, lo, hi, retry_drops)
 
         grips = np.empty(members)
         for m in range(members):

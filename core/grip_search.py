@@ -15,14 +15,21 @@ import numpy as np
 SEARCH_VERSION = 2
 """Version of the search rules, stamped into cached evaluations (``benchmarks/meta_rl.py``)
 so that a change re-runs them: 1 up to 2026-12-01 07:25 UTC, where the first lift ended
-:func:`next_grip`'s search; 2 counts every outcome."""
+:func:`next_grip`'s search; 2 counts every outcome. (Options such as ``retry_drops`` are
+fields of the acting config, which the caches compare as well.)"""
 
 Outcome = tuple[float, bool, bool] | tuple[float, bool, bool, bool]
 """``(grip force in N, lifted, crushed[, gripped])`` of one finished episode; ``gripped``
 (both pads squeezed the object at some point) is optional."""
 
 
-def next_grip(outcomes: Sequence[Outcome], start: float, lo: float, hi: float) -> float:
+def next_grip(
+    outcomes: Sequence[Outcome],
+    start: float,
+    lo: float,
+    hi: float,
+    retry_drops: bool = False,
+) -> float:
     """The grip (N) to try after ``outcomes`` (oldest first) on one object.
 
     Starts at ``start``; keeps a grip while it lifts the object; otherwise bisects the log
@@ -33,20 +40,30 @@ def next_grip(outcomes: Sequence[Outcome], start: float, lo: float, hi: float) -
     never squeezed the object (a miss, not a drop) says nothing about the force: its grip
     is tried again.
 
+    With ``retry_drops``, a drop at a grip at least as strong as one that already lifted
+    this object is blamed on the motion, not the force, and the grip is tried again: a
+    policy that acts with sampled actions drops some objects at a grip that holds them,
+    and without it such a drop sends the search to a stronger grip, which crushes a
+    fragile object. A crush still counts after a lift.
+
     Raises:
         ValueError: the range is empty or ``start`` lies outside it.
     """
     if not 0 < lo < hi or not lo <= start <= hi:
         raise ValueError(f"grip search needs 0 < lo <= start <= hi, got {lo}, {start}, {hi}")
-    grip = start
+    grip, weakest_lift = start, math.inf
     for force, lifted, crushed, *gripped in outcomes:
         if lifted:
             # Kept, but not final: until 2026-12-01 the first lift ended the search, so
             # one lift the device misjudged (a missed crush) fixed the grip for good.
             grip = float(force)
+            weakest_lift = min(weakest_lift, grip)
             continue
         if gripped and not gripped[0] and not crushed:
             continue  # a miss: the same grip again
+        if retry_drops and not crushed and force >= weakest_lift:
+            grip = float(force)  # this force lifted it before: the motion failed
+            continue
         if crushed:
             hi = min(hi, force)
         else:
@@ -63,6 +80,7 @@ def next_grip_prior(
     hi: float,
     fail_rate: float = 0.25,
     grid_points: int = 121,
+    retry_drops: bool = False,
 ) -> float:
     """The grip (N) most likely to lift the object after ``outcomes``, under a prior of
     grip windows learned from training objects (a Bayesian version of :func:`next_grip`).
@@ -74,12 +92,12 @@ def next_grip_prior(
     fail anyway); a miss (``gripped`` False) says nothing. The next grip maximises the
     weighted share of windows that contain it, on a log grid over ``[lo, hi]``; among equal
     maxima, the middle one. After a lift, and if no window fits the outcomes,
-    :func:`next_grip` decides.
+    :func:`next_grip` decides (with ``retry_drops`` passed on).
 
     Raises:
         ValueError: as :func:`next_grip`, or ``windows`` is not ``(n, 2)`` with n > 0.
     """
-    fallback = next_grip(outcomes, start, lo, hi)
+    fallback = next_grip(outcomes, start, lo, hi, retry_drops)
     w_lo, w_hi = _windows(windows)
     # Misses say nothing about the force (the same grip again, as next_grip does).
     told = [o for o in outcomes if not (len(o) > 3 and not o[3] and not o[2])]

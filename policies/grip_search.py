@@ -90,6 +90,11 @@ class GripSearchConfig(SACConfig):
     retry_misses: bool = False
     """Meta-test: an episode in which the pads never squeezed the object (a miss) leaves
     the grip as it was, instead of counting as a drop (more force next time)."""
+    retry_drops: bool = False
+    """Meta-test: a drop at a grip at least as strong as one that already lifted the
+    object is the motion's failure, not the force's: the grip is tried again instead of
+    a stronger one (:func:`~metagrasp.grip_search.next_grip`). With sampled actions the
+    oracle line drops about one object in eight at its own grip."""
     judge: str = "sim"
     """Meta-test: who says whether each episode lifted or crushed the object. ``sim``: the
     env's flags (privileged; an operator's answers on the robot). ``device``: the robot's
@@ -312,6 +317,7 @@ class GripSearch(SAC):
                 "low_n": GRIP_FORCE_MIN,
                 "high_n": GRIP_FORCE_MAX,
                 "retry_misses": self.config.retry_misses,
+                "retry_drops": self.config.retry_drops,
                 "rule": self.config.search_rule,
             },
         }
@@ -381,9 +387,11 @@ class GripSearch(SAC):
         """The configured search rule on one member's outcomes."""
         cfg, lo, hi = self.config, GRIP_FORCE_MIN, GRIP_FORCE_MAX
         if cfg.search_rule == "bisect":
-            return next_grip(outcomes, cfg.start_grip_n, lo, hi)
+            return next_grip(outcomes, cfg.start_grip_n, lo, hi, cfg.retry_drops)
         windows, fail = self.prior_windows(), cfg.prior_fail_rate
-        return next_grip_prior(outcomes, windows, cfg.start_grip_n, lo, hi, fail)
+        return next_grip_prior(
+            outcomes, windows, cfg.start_grip_n, lo, hi, fail, retry_drops=cfg.retry_drops
+        )
 
     def prior_windows(self) -> np.ndarray:
         """The training objects' grip windows of ``search_rule=prior`` (computed once)."""

@@ -448,3 +448,46 @@ def test_a_bundle_with_retry_misses_needs_the_gripped_flag_and_retries_a_miss(tm
     assert bundle.adapt(bundle.init_state(), [drop])["grip"][0, 0] > 4.0
     with pytest.raises(BundleInputError, match="gripped"):
         bundle.adapt(bundle.init_state(), [{"lifted": False, "crushed": False}])
+
+
+def test_retry_drops_tries_a_grip_that_lifted_again_after_it_drops_the_object():
+    lift, drop, crush = (4.0, True, False), (4.0, False, False), (4.0, False, True)
+    args = (4.0, 0.5, 20.0)
+    assert next_grip([lift, drop], *args) == pytest.approx(80**0.5)  # the default: stronger
+    assert next_grip([lift, drop], *args, retry_drops=True) == 4.0  # the motion failed
+    # A crush still counts after a lift, and a drop below the weakest lift is a real drop.
+    assert next_grip([lift, crush], *args, retry_drops=True) == pytest.approx(2**0.5)
+    weaker = [lift, crush, (2**0.5, False, False)]
+    assert next_grip(weaker, *args, retry_drops=True) == pytest.approx(next_grip(weaker, *args))
+    # Without a lift it changes nothing.
+    assert next_grip([drop, drop], *args, retry_drops=True) == next_grip([drop, drop], *args)
+    from metagrasp.grip_search import next_grip_prior
+    from metagrasp.sim.scripted import training_grip_windows
+
+    windows = training_grip_windows(50, seed=0)
+    assert next_grip_prior([lift, drop], windows, *args, retry_drops=True) == 4.0
+    for retry, want in ((False, math.sqrt(80.0)), (True, 4.0)):
+        env, algo, _ = tiny(retry_drops=retry)
+        env.close()
+        state = algo.init_state(1)
+        state = algo.adapt(state, [outcomes([True], [False])])
+        state = algo.adapt(state, [outcomes([True], [False]), outcomes([False], [False])])
+        assert state["grip"] == pytest.approx([want])
+
+
+def test_a_bundle_with_retry_drops_searches_as_the_run_does(tmp_path):
+    from metagrasp.adapt.runtime import load_bundle
+    from tests.bundles import write_plan
+
+    env, algo, _ = tiny(retry_drops=True)
+    spec = algo.spec
+    env.close()
+    plan = algo.export_modules()
+    assert plan.adaptation["settings"]["retry_drops"] is True
+    bundle = load_bundle(write_plan(plan, spec, tmp_path / "policy.onnx"))
+    lift = {"lifted": True, "crushed": False}
+    drop = {"lifted": False, "crushed": False}
+    assert bundle.adapt(bundle.init_state(), [lift, drop])["grip"][0, 0] == 4.0
+    # A bundle exported before the setting existed searches as before (stronger).
+    del bundle.adaptation["settings"]["retry_drops"]
+    assert bundle.adapt(bundle.init_state(), [lift, drop])["grip"][0, 0] > 4.0
