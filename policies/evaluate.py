@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ def meta_test(
     num_envs: int | None = None,
     workers: int | None = None,
     deterministic: bool = False,
+    episode_observer: Callable[[int, Episodes], None] | None = None,
 ) -> dict[str, Any]:
     """Run the protocol; returns per-(seed, task, k) success and return arrays.
 
@@ -52,6 +54,9 @@ def meta_test(
         num_envs: tasks evaluated in parallel (default: all tasks of the split).
         workers: env worker processes (default: all cores).
         deterministic: act with the policy's mean (no exploration noise).
+        episode_observer: if set, called with ``(k, episodes)`` for every block of
+            episodes the protocol collects (the tasks of one chunk, padding removed), as
+            it is collected; it must not change them (``benchmarks/failure_modes.py``).
     """
     from metagrasp.sim.registry import family_split_tasks, make_vector_env
 
@@ -72,7 +77,9 @@ def meta_test(
                 chunk = tasks[start : start + n]
                 real = len(chunk)
                 env.set_tasks(chunk + [chunk[-1]] * (n - real))  # pad the last chunk
-                succ, ret = _adapt_in_a_row(algo, env, spec, n, k_total, deterministic)
+                succ, ret = _adapt_in_a_row(
+                    algo, env, spec, n, k_total, deterministic, episode_observer, real
+                )
                 success[si, start : start + real] = succ[:real]
                 returns[si, start : start + real] = ret[:real]
     finally:
@@ -90,7 +97,14 @@ def meta_test(
 
 
 def _adapt_in_a_row(
-    algo: Any, env: Any, spec: EnvSpec, n: int, k_total: int, deterministic: bool
+    algo: Any,
+    env: Any,
+    spec: EnvSpec,
+    n: int,
+    k_total: int,
+    deterministic: bool,
+    observer: Callable[[int, Episodes], None] | None = None,
+    real: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``k_total`` episodes per member on the env's current tasks, adapting after each.
 
@@ -112,6 +126,8 @@ def _adapt_in_a_row(
     for k in range(k_total):
         ep = collect_episodes(env, policy, spec.max_steps, on_step)
         success[:, k], returns[:, k] = ep.success, ep.returns
+        if observer is not None:
+            observer(k, ep if real in (None, n) else ep.select(slice(0, real)))
         history.append(ep)
         if k + 1 < k_total:
             state[0] = algo.adapt(state[0], history)

@@ -212,3 +212,63 @@ def test_the_wrist_rate_table_is_rendered_from_its_json(tmp_path):
             assert f"| {split} | {'none (the sim)' if rate == 'none' else rate + ' rad/s'} |" in (
                 table.markdown
             )
+
+
+def test_failure_modes_sorts_each_episode_into_one_outcome():
+    """Synthetic episodes whose object height and gripper commands spell each outcome."""
+    import numpy as np
+
+    from metagrasp.actions import OBS_NAMES, ActionMapConfig
+    from metagrasp.policies.collect import Episodes
+
+    fm = _benchmark_module("failure_modes")
+    z, q = OBS_NAMES.index("obj_z"), OBS_NAMES.index("q_gripper")
+    c = ActionMapConfig()
+    n, steps = 6, 20
+    obs = np.zeros((n, steps, len(OBS_NAMES)), np.float32)
+    obs[..., q] = c.grip_stop + 0.2 * (c.grip_open - c.grip_stop)  # fingers on the object
+    act = np.zeros((n, steps, 6), np.float32)
+    act[..., 5] = 0.5  # squeezing
+    rise = np.concatenate([np.linspace(0, 0.08, 10), np.full(10, 0.08)])
+    for i in (0, 1, 2, 3):
+        obs[i, :, z] = rise
+    obs[2, 12, z] = 0.08
+    act[2, 12, 5] = -0.9  # opens wide while the object is up
+    act[3, 12, 5] = -0.1  # a position target inside the fingers: not an opening
+    obs[4, :, z] = np.linspace(0, 0.03, steps)  # picked up, never to 5 cm
+    ep = Episodes(
+        obs, act, np.zeros((n, steps), np.float32), obs.copy(), np.zeros((n, steps), np.float32),
+        np.ones((n, steps), np.float32), np.zeros((n, 11), np.float32),
+        np.array([True, False, False, False, False, False]),
+        crushed=np.array([False, True, False, False, False, False]),
+    )  # fmt: skip
+    assert fm.classify(ep, 5) == [
+        "success",
+        "crushed",
+        "opened after lifting",
+        "dropped while squeezing",
+        "raised, not lifted",
+        "never raised",
+    ]
+    res = {"per_k": [dict.fromkeys(fm.MODES, 0) | {"success": 3, "crushed": 1}]}
+    assert "| k = 0 | 4 | 0.750 | 0.250 | 0.000 |" in fm.table("line", res)
+
+
+def test_the_meta_test_protocol_shows_each_block_to_an_observer_without_padding():
+    from metagrasp.policies.evaluate import meta_test
+    from metagrasp.policies.runner import build_algorithm, env_spec, resolve_config
+    from metagrasp.sim import make_vector_env
+    from metagrasp.sim.registry import family_split_tasks
+
+    overrides = {"run": {"num_envs": 2, "workers": 0}, "algo": {"hidden": [8]}}
+    resolved = resolve_config("ppo", "point-nav", "quick", overrides=overrides)
+    env = make_vector_env("point-nav", 2, seed=0, workers=0)
+    spec = env_spec(env, "point-nav")
+    env.close()
+    algo = build_algorithm(resolved, spec)
+    seen: list[tuple[int, int]] = []
+    tasks = len(family_split_tasks("point-nav", "test"))
+    res = meta_test(algo, spec, "test", 1, (0,), num_envs=3, workers=0,
+                    episode_observer=lambda k, ep: seen.append((k, len(ep.success))))  # fmt: skip
+    assert sum(m for k, m in seen if k == 0) == sum(m for k, m in seen if k == 1) == tasks
+    assert res["success"].shape == (1, tasks, 2)

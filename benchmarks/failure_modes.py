@@ -1,0 +1,161 @@
+"""How a grasp line's meta-test episodes end: success, or which failure.
+
+Runs the meta-test protocol (:func:`metagrasp.policies.evaluate.meta_test`, the episodes
+``metagrasp eval`` runs, same seeds) on one or more training runs of a line and sorts
+every episode into one outcome, in this order of precedence:
+
+* ``success`` -- the env's success flag at the last step;
+* ``crushed`` -- the object was crushed (the env's flag);
+* ``opened after lifting`` -- the object rose to the lift height, then the policy sent an
+  opening command (a gripper value ``g <= 0`` whose position target is wider than the
+  fingers) while it was up: a release. With sampled actions one step of noise does it;
+* ``dropped while squeezing`` -- lifted, never opened, and still not held at the end
+  (it slipped out);
+* ``raised, not lifted`` -- the object rose at least 1 cm, never to the lift height;
+* ``never raised`` -- the grasp never picked it up.
+
+It tells what a line's failures are made of, e.g. whether sampling noise (releases) or the
+grip (crushes, slips) limits an oracle line.
+
+    python benchmarks/failure_modes.py RUN [RUN ...] --split test --seeds 0 1 \\
+        [--episodes-per-task K] [--set algo.act_with=oracle] [--deterministic] \\
+        [--label NAME] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+import numpy as np
+from provenance import stamp
+
+from metagrasp.actions import OBS_NAMES, ActionMapConfig
+from metagrasp.policies.collect import Episodes
+
+MODES = (
+    "success",
+    "crushed",
+    "opened after lifting",
+    "dropped while squeezing",
+    "raised, not lifted",
+    "never raised",
+)
+LIFT_M = 0.05
+"""Lift height (m) of grasp-lift's success (``sim.grasp_env.LIFT_HEIGHT``)."""
+RAISED_M = 0.01
+"""Rise (m) above which an object counts as picked up at all (well above the 1-2 mm
+of observation noise and settling)."""
+_Z, _Q = OBS_NAMES.index("obj_z"), OBS_NAMES.index("q_gripper")
+
+
+def classify(ep: Episodes, gripper: int) -> list[str]:
+    """The outcome (one of :data:`MODES`) of each member of an episode block.
+
+    Args:
+        ep: episodes as the protocol collected them; ``actions`` are the env's actions.
+        gripper: index of the gripper value in the action.
+    """
+    c = ActionMapConfig()
+    out = []
+    for i in range(len(ep.success)):
+        n = int(ep.mask[i].sum())
+        z = np.append(ep.obs[i, :n, _Z], ep.next_obs[i, n - 1, _Z])
+        rise = z - z[0]
+        g = ep.actions[i, :n, gripper]
+        opening = (g <= 0) & (c.grip_stop + (-g) * (c.grip_open - c.grip_stop) > ep.obs[i, :n, _Q])
+        if ep.success[i]:
+            out.append("success")
+        elif ep.crushed is not None and ep.crushed[i]:
+            out.append("crushed")
+        elif rise.max() >= LIFT_M:
+            up = int(np.flatnonzero(rise >= LIFT_M)[0])
+            up_steps = rise[:n] >= LIFT_M * 0.5  # still well off the table
+            released = opening[up:] & up_steps[up:]
+            out.append("opened after lifting" if released.any() else "dropped while squeezing")
+        elif rise.max() >= RAISED_M:
+            out.append("raised, not lifted")
+        else:
+            out.append("never raised")
+    return out
+
+
+def measure(
+    runs: list[str],
+    split: str,
+    seeds: list[int],
+    k_max: int,
+    settings: dict[str, Any],
+    deterministic: bool,
+) -> dict[str, Any]:
+    """Outcome counts per k, pooled over ``runs`` (each evaluated on every seed)."""
+    from metagrasp.policies.evaluate import meta_test
+    from metagrasp.policies.runner import load_trained
+
+    counts = [dict.fromkeys(MODES, 0) for _ in range(k_max + 1)]
+    for run in runs:
+        algo, _, spec = load_trained(run, algo_overrides=settings)
+        gripper = spec.action_names.index("gripper")
+
+        def observe(k: int, ep: Episodes, gripper: int = gripper) -> None:
+            for mode in classify(ep, gripper):
+                counts[k][mode] += 1
+
+        meta_test(algo, spec, split, k_max, tuple(seeds), deterministic=deterministic,
+                  episode_observer=observe)  # fmt: skip
+        print(f"  {run}: done", file=sys.stderr, flush=True)
+    return {"per_k": counts}
+
+
+def table(label: str, res: dict[str, Any]) -> str:
+    """Markdown: one row per k, the share of episodes per outcome."""
+    head = f"| {label} | episodes | " + " | ".join(MODES) + " |"
+    lines = [head, "|---|---:|" + "---:|" * len(MODES)]
+    for k, c in enumerate(res["per_k"]):
+        n = sum(c.values())
+        cells = " | ".join(f"{c[m] / n:.3f}" for m in MODES)
+        lines.append(f"| k = {k} | {n} | {cells} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from metagrasp.policies.cli import parse_overrides
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("runs", nargs="+", help="training run directories of one line")
+    p.add_argument("--split", default="test")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="evaluation seeds")
+    p.add_argument("--episodes-per-task", type=int, default=0, help="K (adaptation episodes)")
+    p.add_argument("--set", action="append", default=[], help="algo.FIELD=VALUE at meta-test")
+    p.add_argument("--deterministic", action="store_true", help="act with the mean action")
+    p.add_argument("--label", default="", help="the line's name in the table")
+    p.add_argument("--json", default="")
+    args = p.parse_args(argv)
+    settings = parse_overrides(args.set)["algo"]
+    res = measure(
+        args.runs, args.split, args.seeds, args.episodes_per_task, settings, args.deterministic
+    )
+    label = args.label or ",".join(args.set) or "line"
+    out = {
+        **stamp(),
+        "command": "python benchmarks/failure_modes.py " + " ".join(argv or sys.argv[1:]),
+        "runs": args.runs,
+        "split": args.split,
+        "seeds": args.seeds,
+        "settings": settings,
+        "deterministic": args.deterministic,
+        "label": label,
+        "modes": list(MODES),
+        **res,
+    }
+    print(table(label, res))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
