@@ -6,11 +6,12 @@ every episode into one outcome, in this order of precedence:
 
 * ``success`` -- the env's success flag at the last step;
 * ``crushed`` -- the object was crushed (the env's flag);
-* ``opened after lifting`` -- the object rose to the lift height, then the policy sent an
-  opening command (a gripper value ``g <= 0`` whose position target is wider than the
-  fingers) while it was up: a release. With sampled actions one step of noise does it;
-* ``dropped while squeezing`` -- lifted, never opened, and still not held at the end
-  (it slipped out);
+* ``released while held`` -- the object rose to the lift height, then, while it was still
+  up and the fingers still held it (the squeeze guard's proxy: load >= 3 %, opening >=
+  6 mm), the policy sent an opening command (a gripper value ``g <= 0`` whose position
+  target is wider than the fingers). With sampled actions one step of noise does it;
+* ``slipped out`` -- lifted, then lost without such a release (an opening command after
+  the fingers had already closed on nothing is a regrasp, not the cause);
 * ``raised, not lifted`` -- the object rose at least 1 cm, never to the lift height;
 * ``never raised`` -- the grasp never picked it up.
 
@@ -38,8 +39,8 @@ from metagrasp.policies.collect import Episodes
 MODES = (
     "success",
     "crushed",
-    "opened after lifting",
-    "dropped while squeezing",
+    "released while held",
+    "slipped out",
     "raised, not lifted",
     "never raised",
 )
@@ -49,6 +50,7 @@ RAISED_M = 0.01
 """Rise (m) above which an object counts as picked up at all (well above the 1-2 mm
 of observation noise and settling)."""
 _Z, _Q = OBS_NAMES.index("obj_z"), OBS_NAMES.index("q_gripper")
+_LOAD, _OPENING = OBS_NAMES.index("gripper_effort"), OBS_NAMES.index("gripper_opening")
 
 
 def classify(ep: Episodes, gripper: int) -> list[str]:
@@ -58,6 +60,8 @@ def classify(ep: Episodes, gripper: int) -> list[str]:
         ep: episodes as the protocol collected them; ``actions`` are the env's actions.
         gripper: index of the gripper value in the action.
     """
+    from metagrasp.policies.grip_search import GUARD_MIN_LOAD, GUARD_MIN_OPENING
+
     c = ActionMapConfig()
     out = []
     for i in range(len(ep.success)):
@@ -65,7 +69,9 @@ def classify(ep: Episodes, gripper: int) -> list[str]:
         z = np.append(ep.obs[i, :n, _Z], ep.next_obs[i, n - 1, _Z])
         rise = z - z[0]
         g = ep.actions[i, :n, gripper]
-        opening = (g <= 0) & (c.grip_stop + (-g) * (c.grip_open - c.grip_stop) > ep.obs[i, :n, _Q])
+        o = ep.obs[i, :n]
+        opening = (g <= 0) & (c.grip_stop + (-g) * (c.grip_open - c.grip_stop) > o[:, _Q])
+        held = (o[:, _LOAD] >= GUARD_MIN_LOAD) & (o[:, _OPENING] >= GUARD_MIN_OPENING)
         if ep.success[i]:
             out.append("success")
         elif ep.crushed is not None and ep.crushed[i]:
@@ -73,8 +79,8 @@ def classify(ep: Episodes, gripper: int) -> list[str]:
         elif rise.max() >= LIFT_M:
             up = int(np.flatnonzero(rise >= LIFT_M)[0])
             up_steps = rise[:n] >= LIFT_M * 0.5  # still well off the table
-            released = opening[up:] & up_steps[up:]
-            out.append("opened after lifting" if released.any() else "dropped while squeezing")
+            released = opening[up:] & held[up:] & up_steps[up:]
+            out.append("released while held" if released.any() else "slipped out")
         elif rise.max() >= RAISED_M:
             out.append("raised, not lifted")
         else:

@@ -150,12 +150,37 @@ def render_meta_rl(sdir: Path, rec: dict[str, Any]) -> list[Table]:
 def render_grasp_lift(sdir: Path, rec: dict[str, Any]) -> list[Table]:
     """The meta-test tables, then the device's verdicts against the sim's flags."""
     agreement = "judge-agreement"
-    steps = [s for s in rec["steps"] if s["name"] != agreement]
+    modes = [s["name"] for s in rec["steps"] if s["name"].startswith("failure-modes-")]
+    steps = [s for s in rec["steps"] if s["name"] != agreement and s["name"] not in modes]
     tables = render_meta_rl(sdir, {**rec, "steps": steps})
     path = sdir / f"{agreement}-test.json"
-    if len(steps) == len(rec["steps"]) or not path.exists():
-        return tables
-    res = json.loads(path.read_text())
+    if any(s["name"] == agreement for s in rec["steps"]) and path.exists():
+        tables.append(_judge_agreement_table(rec, json.loads(path.read_text())))
+    for name in modes:
+        path = sdir / f"{name}-test.json"
+        if path.exists():
+            tables.append(_failure_modes_table(rec, name, json.loads(path.read_text())))
+    return tables
+
+
+def _failure_modes_table(rec: dict[str, Any], step: str, res: dict[str, Any]) -> Table:
+    """``failure_modes.py``: the share of a line's episodes per outcome, per k."""
+    modes = res["modes"]
+    md = ["| k | episodes | " + " | ".join(modes) + " |", "|---|---:|" + "---:|" * len(modes)]
+    for k, c in enumerate(res["per_k"]):
+        n = sum(c.values())
+        md.append(f"| {k} | {n} | " + " | ".join(f"{c[m] / n:.3f}" for m in modes) + " |")
+    acting = "mean actions" if res["deterministic"] else "sampled actions"
+    title = (
+        f"How the `{res['label']}` line's `{res['split']}` episodes end ({acting}, "
+        f"{len(res['runs'])} runs x seeds {res['seeds']})"
+    )
+    return _table(rec, step, title, md)
+
+
+def _judge_agreement_table(rec: dict[str, Any], res: dict[str, Any]) -> Table:
+    """``judge_agreement.py``: the device's verdicts against the sim's flags."""
+    agreement = "judge-agreement"
     verdicts = list(res["confusion"])
     md = ["| sim \\ device | " + " | ".join(verdicts) + " |", "|---|" + "---:|" * len(verdicts)]
     for v in verdicts:
@@ -170,8 +195,7 @@ def render_grasp_lift(sdir: Path, rec: dict[str, Any]) -> list[Table]:
         f"sac-grip's device-judged search (`judge=device`), `{res['split']}`: the device's "
         f"verdict on each of {res['judgements']} judgements vs the sim's flags"
     )
-    tables.append(_table(rec, agreement, title, md, note=note))
-    return tables
+    return _table(rec, agreement, title, md, note=note)
 
 
 def _meta_rl_table(sdir, rec, step, res, split, lines, curves) -> Table:

@@ -224,6 +224,7 @@ def grasp_lift_steps(ctx: Context, sdir: Path) -> list[Step]:
         _meta_rl_step(ctx, sdir, "grasp-lift-demos", list(GRASP_LIFT_DEMOS_ARGS)),
         grip,
         _judge_agreement_step(ctx, sdir, grip),
+        *_failure_modes_steps(ctx, sdir, grip),
     ]
 
 
@@ -235,6 +236,29 @@ def _judge_agreement_step(ctx: Context, sdir: Path, grip: Step) -> Step:
     argv += ["--split", "test", "--seeds", *_values(grip.argv, "--eval-seeds")]
     out = str(sdir / "judge-agreement-test.json")
     return Step("judge-agreement", py("judge_agreement.py", *argv, "--json", out))
+
+
+FAILURE_MODE_LINES = {
+    "dr": ("sac-grip-dr", []),
+    "oracle": ("sac-grip", ["--set", "algo.act_with=oracle"]),
+    "oracle-mean": ("sac-grip", ["--set", "algo.act_with=oracle", "--deterministic"]),
+    "search": ("sac-grip", ["--episodes-per-task", "3"]),
+}
+"""``failure_modes.py`` lines on ``test``: name -> (runs' algorithm, its arguments)."""
+
+
+def _failure_modes_steps(ctx: Context, sdir: Path, grip: Step) -> list[Step]:
+    """How the grip lines' ``test`` episodes end (``failure_modes.py``), on the runs and
+    evaluation seeds of the grip step."""
+    runs = ctx.runs / f"grasp-lift-{_values(grip.argv, '--preset')[0]}" / "runs"
+    seeds = _values(grip.argv, "--seeds")
+    steps = []
+    for name, (algo, extra) in FAILURE_MODE_LINES.items():
+        argv = [str(runs / f"{algo}-s{s}") for s in seeds]
+        argv += ["--split", "test", "--seeds", *_values(grip.argv, "--eval-seeds"), *extra]
+        argv += ["--label", name, "--json", str(sdir / f"failure-modes-{name}-test.json")]
+        steps.append(Step(f"failure-modes-{name}", py("failure_modes.py", *argv)))
+    return steps
 
 
 def _values(args: list[str], flag: str) -> list[str]:

@@ -227,6 +227,8 @@ def test_failure_modes_sorts_each_episode_into_one_outcome():
     n, steps = 6, 20
     obs = np.zeros((n, steps, len(OBS_NAMES)), np.float32)
     obs[..., q] = c.grip_stop + 0.2 * (c.grip_open - c.grip_stop)  # fingers on the object
+    obs[..., OBS_NAMES.index("gripper_effort")] = 0.2  # and squeezing it
+    obs[..., OBS_NAMES.index("gripper_opening")] = 0.02
     act = np.zeros((n, steps, 6), np.float32)
     act[..., 5] = 0.5  # squeezing
     rise = np.concatenate([np.linspace(0, 0.08, 10), np.full(10, 0.08)])
@@ -235,6 +237,8 @@ def test_failure_modes_sorts_each_episode_into_one_outcome():
     obs[2, 12, z] = 0.08
     act[2, 12, 5] = -0.9  # opens wide while the object is up
     act[3, 12, 5] = -0.1  # a position target inside the fingers: not an opening
+    obs[3, 15:, OBS_NAMES.index("gripper_opening")] = 0.0  # it slipped out: the fingers shut
+    act[3, 16, 5] = -0.9  # and then open to grasp again: not the cause
     obs[4, :, z] = np.linspace(0, 0.03, steps)  # picked up, never to 5 cm
     ep = Episodes(
         obs, act, np.zeros((n, steps), np.float32), obs.copy(), np.zeros((n, steps), np.float32),
@@ -245,8 +249,8 @@ def test_failure_modes_sorts_each_episode_into_one_outcome():
     assert fm.classify(ep, 5) == [
         "success",
         "crushed",
-        "opened after lifting",
-        "dropped while squeezing",
+        "released while held",
+        "slipped out",
         "raised, not lifted",
         "never raised",
     ]
