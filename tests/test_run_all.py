@@ -127,12 +127,19 @@ def test_quick_grasp_lift_step_shrinks_every_budget_of_its_lines():
         sys.modules.pop("run_all", None)
     fields = {f.name: [] for f in dataclasses.fields(run_all.Context)}
     ctx = run_all.Context(**{**fields, "out": Path("/r"), "runs": Path("/r/runs"), "quick": True})
-    *meta_rl, agreement = run_all.grasp_lift_steps(ctx, Path("/r/grasp-lift"))
-    # The device-judging diagnostic reads the grip step's quick runs, with its seeds.
+    steps = run_all.grasp_lift_steps(ctx, Path("/r/grasp-lift"))
+    modes = [s for s in steps if s.name.startswith("failure-modes-")]
+    *meta_rl, agreement = steps[: len(steps) - len(modes)]
+    # The diagnostics read the grip step's quick runs, with its seeds.
     assert agreement.name == "judge-agreement" and "/r/runs/grasp-lift-quick/runs/sac-grip-s0" in (
         agreement.argv
     )
     assert agreement.argv[agreement.argv.index("--seeds") :][:2] == ["--seeds", "0"]
+    assert [s.name for s in modes] == [f"failure-modes-{n}" for n in run_all.FAILURE_MODE_LINES]
+    for step in modes:
+        assert step.argv[step.argv.index("--seeds") :][:2] == ["--seeds", "0"]
+        line = "sac-grip-dr" if step.name.endswith("-dr") else "sac-grip"
+        assert f"/r/runs/grasp-lift-quick/runs/{line}-s0" in step.argv
     for step in meta_rl:
         argv = step.argv
         own = [argv[i + 1] for i, a in enumerate(argv) if a == "--train-set"]
