@@ -253,14 +253,9 @@ def test_failure_modes_sorts_each_episode_into_one_outcome():
         np.array([True, False, False, False, False, False]),
         crushed=np.array([False, True, False, False, False, False]),
     )  # fmt: skip
-    assert fm.classify(ep, 5) == [
-        "success",
-        "crushed",
-        "released while held",
-        "slipped out",
-        "raised, not lifted",
-        "never raised",
-    ]
+    # Member i was built to end in the i-th outcome, in the order of precedence.
+    assert fm.classify(ep, 5) == list(fm.MODES)
+    assert fm.MODES[2:4] == ("released while held", "slipped out")
     res = {"per_k": [dict.fromkeys(fm.MODES, 0) | {"success": 3, "crushed": 1}]}
     assert "| k = 0 | 4 | 0.750 | 0.250 | 0.000 |" in fm.table("line", res)
 
