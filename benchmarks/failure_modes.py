@@ -96,33 +96,41 @@ def measure(
     settings: dict[str, Any],
     deterministic: bool,
 ) -> dict[str, Any]:
-    """Outcome counts per k, pooled over ``runs`` (each evaluated on every seed)."""
+    """Outcome counts per k, and per object shape over every k, pooled over ``runs``
+    (each evaluated on every seed)."""
     from metagrasp.policies.evaluate import meta_test
     from metagrasp.policies.runner import load_trained
+    from metagrasp.sim.registry import family_split_tasks
 
     counts = [dict.fromkeys(MODES, 0) for _ in range(k_max + 1)]
+    by_shape: dict[str, dict[str, int]] = {}
     for run in runs:
         algo, _, spec = load_trained(run, algo_overrides=settings)
         gripper = spec.action_names.index("gripper")
+        shapes = [t.shape for t in family_split_tasks(spec.family, split)]
 
-        def observe(k: int, ep: Episodes, gripper: int = gripper) -> None:
-            for mode in classify(ep, gripper):
+        def observe(k: int, ep: Episodes, gripper: int = gripper, shapes=shapes) -> None:
+            # One block holds every task of the split, in order (meta_test's default).
+            assert len(ep.success) == len(shapes), "expected all tasks in one block"
+            for mode, shape in zip(classify(ep, gripper), shapes, strict=True):
                 counts[k][mode] += 1
+                by_shape.setdefault(shape, dict.fromkeys(MODES, 0))[mode] += 1
 
         meta_test(algo, spec, split, k_max, tuple(seeds), deterministic=deterministic,
                   episode_observer=observe)  # fmt: skip
         print(f"  {run}: done", file=sys.stderr, flush=True)
-    return {"per_k": counts}
+    return {"per_k": counts, "by_shape": dict(sorted(by_shape.items()))}
 
 
 def table(label: str, res: dict[str, Any]) -> str:
-    """Markdown: one row per k, the share of episodes per outcome."""
-    head = f"| {label} | episodes | " + " | ".join(MODES) + " |"
-    lines = [head, "|---|---:|" + "---:|" * len(MODES)]
-    for k, c in enumerate(res["per_k"]):
+    """Markdown: the share of episodes per outcome, one row per k, then one per shape."""
+    rows = [(f"k = {k}", c) for k, c in enumerate(res["per_k"])]
+    rows += [(shape, c) for shape, c in res.get("by_shape", {}).items()]
+    lines = [f"| {label} | episodes | " + " | ".join(MODES) + " |"]
+    lines.append("|---|---:|" + "---:|" * len(MODES))
+    for name, c in rows:
         n = sum(c.values())
-        cells = " | ".join(f"{c[m] / n:.3f}" for m in MODES)
-        lines.append(f"| k = {k} | {n} | {cells} |")
+        lines.append(f"| {name} | {n} | " + " | ".join(f"{c[m] / n:.3f}" for m in MODES) + " |")
     return "\n".join(lines)
 
 

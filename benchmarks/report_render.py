@@ -166,10 +166,13 @@ def render_grasp_lift(sdir: Path, rec: dict[str, Any]) -> list[Table]:
 def _failure_modes_table(rec: dict[str, Any], step: str, res: dict[str, Any]) -> Table:
     """``failure_modes.py``: the share of a line's episodes per outcome, per k."""
     modes = res["modes"]
-    md = ["| k | episodes | " + " | ".join(modes) + " |", "|---|---:|" + "---:|" * len(modes)]
-    for k, c in enumerate(res["per_k"]):
+    rows = [(f"k = {k}", c) for k, c in enumerate(res["per_k"])]
+    rows += [(shape, c) for shape, c in res.get("by_shape", {}).items()]  # every k pooled
+    md = ["| k or shape | episodes | " + " | ".join(modes) + " |"]
+    md.append("|---|---:|" + "---:|" * len(modes))
+    for name, c in rows:
         n = sum(c.values())
-        md.append(f"| {k} | {n} | " + " | ".join(f"{c[m] / n:.3f}" for m in modes) + " |")
+        md.append(f"| {name} | {n} | " + " | ".join(f"{c[m] / n:.3f}" for m in modes) + " |")
     acting = "mean actions" if res["deterministic"] else "sampled actions"
     title = (
         f"How the `{res['label']}` line's `{res['split']}` episodes end ({acting}, "
