@@ -46,6 +46,8 @@ def run_train(args: argparse.Namespace) -> int:
         sampler["ray"] = args.ray
     if args.ray_workers is not None:
         sampler["ray_workers"] = args.ray_workers
+    if args.device is not None:
+        sampler["device"] = args.device
     out = Path(args.out) if args.out else None
     extend_to = None
     if args.resume:
@@ -81,6 +83,7 @@ def run_train(args: argparse.Namespace) -> int:
         f"training {run['algo']} on {run['task']} ({run['preset']} preset, "
         f"{run['total_env_steps']:,} env steps, {run['num_envs']} envs"
         + (f", Ray {run['ray']} x{run.get('ray_workers', 2)} workers" if run.get("ray") else "")
+        + f", learner on {runner.device}"
         + f") -> {out}",
         file=sys.stderr,
     )
@@ -192,6 +195,14 @@ def add_train_parser(sub: Any, handler: Any) -> None:
         default=None,
         metavar="N",
         help="Ray rollout workers, one CPU each (default 2)",
+    )
+    p.add_argument(
+        "--device",
+        default=None,
+        metavar="DEVICE",
+        help="where the learner runs: cpu (default), cuda, cuda:N or auto (a GPU when "
+        "there is one); PPO and the SAC family (docs/SCALING.md); with --resume it moves the "
+        "run",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=handler)

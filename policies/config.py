@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, fields
@@ -64,6 +65,11 @@ class RunConfig:
     = join that cluster (``metagrasp train --ray [ADDRESS]``; docs/SCALING.md)."""
     ray_workers: int = 2
     """Ray rollout workers (actors of one CPU each) when ``ray`` is set."""
+    device: str = "cpu"
+    """Where the learner (networks, update) runs: ``cpu``, ``cuda``, ``cuda:N`` or
+    ``auto`` (a GPU when torch sees one). The envs and Ray workers stay on CPUs; eval
+    and export always run on the CPU. GPUs serve PPO and the SAC family in this version
+    (:mod:`metagrasp.policies.device`; docs/SCALING.md)."""
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -81,6 +87,25 @@ class RunConfig:
             raise ConfigError(f"run.ray_workers={self.ray_workers} must be >= 1")
         if self.ray is not None and not self.ray.strip():
             raise ConfigError("run.ray is empty; use 'local', 'auto', HOST:PORT or null")
+        check_device_name(self.device)
+
+
+DEVICE_PATTERN = re.compile(r"^(cpu|auto|cuda(:\d+)?)$")
+"""Accepted values of ``run.device``."""
+
+
+def check_device_name(name: str) -> None:
+    """Validate a ``run.device`` value without touching the hardware (see
+    :func:`metagrasp.policies.device.resolve_device` for the machine's side).
+
+    Raises:
+        ConfigError: not ``cpu``, ``auto``, ``cuda`` or ``cuda:N``.
+    """
+    if not isinstance(name, str) or not DEVICE_PATTERN.match(name):
+        raise ConfigError(
+            f"run.device={name!r} is not a device; use 'cpu', 'cuda', 'cuda:N' (the N-th "
+            "GPU) or 'auto' (a GPU when torch sees one, else the CPU)"
+        )
 
 
 def _type_ok(value: Any, tp: Any) -> bool:

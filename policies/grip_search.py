@@ -51,6 +51,7 @@ from metagrasp.errors import ConfigError
 from metagrasp.grip_search import next_grip, next_grip_prior
 from metagrasp.policies.base import EnvSpec
 from metagrasp.policies.collect import Episodes
+from metagrasp.policies.device import on, to_numpy
 from metagrasp.policies.sac import SAC, SACConfig
 from metagrasp.policies.sampler import BoundPolicy, Rollout, as_sampler
 from metagrasp.sim.scripted import (
@@ -228,9 +229,9 @@ class GripSearch(SAC):
     def _act_raw(
         self, obs: np.ndarray, grips: np.ndarray, deterministic: bool = False
     ) -> np.ndarray:
-        x = self.norm(torch.as_tensor(_with_command(obs, grips), dtype=torch.float32))
+        x = self.norm(on(_with_command(obs, grips), self.device))
         a, _ = self.actor(x, deterministic, self.gen)
-        return a.numpy()
+        return to_numpy(a)
 
     @staticmethod
     def _squeeze(grip_n: float) -> float:

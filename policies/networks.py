@@ -32,7 +32,8 @@ class RunningNorm(nn.Module):
     @torch.no_grad()
     def update(self, x: torch.Tensor | np.ndarray) -> None:
         """Fold a batch ``(..., dim)`` into the statistics."""
-        x = torch.as_tensor(x, dtype=torch.float64).reshape(-1, self.mean.numel())
+        x = torch.as_tensor(x, dtype=torch.float64).to(self.mean.device)
+        x = x.reshape(-1, self.mean.numel())
         if x.shape[0] == 0:
             return
         b_mean, b_var, b_n = x.mean(0), x.var(0, unbiased=False), x.shape[0]
@@ -122,6 +123,11 @@ class ActorCritic(nn.Module):
         self.obs_dim, self.act_dim, self.ctx_dim = obs_dim, act_dim, ctx_dim
 
     @property
+    def device(self) -> torch.device:
+        """Where the parameters are (``run.device``; numpy inputs are moved here)."""
+        return self.actor["log_std"].device
+
+    @property
     def params(self) -> dict[str, torch.Tensor]:
         """The actor's parameters as a plain dict (the functional API's ``ParamDict``)."""
         return dict(self.actor.items())
@@ -154,7 +160,7 @@ class ActorCritic(nn.Module):
         Actions are the Gaussian's samples, not clipped here: the env clips to [-1, 1]
         and the log-prob must be of what was sampled (CleanRL's convention).
         """
-        obs_n = self.norm(torch.as_tensor(obs, dtype=torch.float32))
+        obs_n = self.norm(torch.as_tensor(obs, dtype=torch.float32).to(self.device))
         return self.sample_normalised(obs_n, context, deterministic, generator)
 
     @torch.no_grad()
@@ -168,10 +174,12 @@ class ActorCritic(nn.Module):
         """:meth:`sample` for observations already normalised (by another network's norm)."""
         mu = self.mean(obs_n, context)
         std = torch.exp(self.actor["log_std"])
-        a = mu if deterministic else mu + std * torch.randn(mu.shape, generator=generator)
+        # Noise from the (CPU) generator, then moved: a GPU learner draws the CPU's stream.
+        noise = torch.randn(mu.shape, generator=generator).to(mu.device)
+        a = mu if deterministic else mu + std * noise
         logp = self.log_prob(obs_n, a, context)
         v = self.value(obs_n, context)
-        return a.numpy(), logp.numpy(), v.numpy()
+        return a.cpu().numpy(), logp.cpu().numpy(), v.cpu().numpy()
 
 
 def _expand(context: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -200,10 +208,10 @@ def gae(
     """
     n, horizon = rewards.shape
     adv = torch.zeros_like(rewards)
-    last = torch.zeros(n, dtype=rewards.dtype)
+    last = rewards.new_zeros(n)
     for t in reversed(range(horizon)):
         # The next step continues this episode only if it is valid (masked = ended).
-        cont = mask[:, t + 1] if t + 1 < horizon else torch.zeros(n, dtype=rewards.dtype)
+        cont = mask[:, t + 1] if t + 1 < horizon else rewards.new_zeros(n)
         delta = rewards[:, t] + gamma * next_values[:, t] * (1 - dones[:, t]) - values[:, t]
         last = delta + gamma * lam * cont * last
         adv[:, t] = last * mask[:, t]
@@ -225,14 +233,15 @@ def critic_gae(
     ``obs``/``next_obs`` are the network inputs of ``ep`` (the oracle appends the task
     vector); rewards, terminations and mask come from ``ep``.
     """
-    values = net.value(net.norm(torch.as_tensor(obs)), context)
-    next_values = net.value(net.norm(torch.as_tensor(next_obs)), context)
+    dev = net.device
+    values = net.value(net.norm(torch.as_tensor(obs).to(dev)), context)
+    next_values = net.value(net.norm(torch.as_tensor(next_obs).to(dev)), context)
     return gae(
-        torch.as_tensor(ep.rewards),
+        torch.as_tensor(ep.rewards).to(dev),
         values,
         next_values,
-        torch.as_tensor(ep.dones),
-        torch.as_tensor(ep.mask),
+        torch.as_tensor(ep.dones).to(dev),
+        torch.as_tensor(ep.mask).to(dev),
         gamma,
         lam,
     )

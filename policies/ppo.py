@@ -112,6 +112,12 @@ class PPO:
         self.gen = torch.Generator().manual_seed(seed + 7)
         self.iteration = 0
 
+    def to_device(self, device: torch.device) -> None:
+        """Move the actor-critic and its normaliser to ``device`` (``run.device``); the
+        parameters move in place, so the optimiser keeps them. Call it before loading a
+        checkpoint, whose optimiser state then follows its parameters."""
+        self.net.to(device)
+
     def make_net(self, config: PPOConfig, spec: EnvSpec, seed: int) -> ActorCritic:
         """The actor-critic; its input is the observation (and the task vector if privileged)."""
         in_dim = spec.obs_dim + (spec.task_dim if self.privileged else 0)
@@ -157,19 +163,19 @@ class PPO:
 
     def update(self, blocks: list[Episodes]) -> dict[str, float]:
         """PPO epochs over the collected episodes."""
-        cfg, net = self.config, self.net
+        cfg, net, dev = self.config, self.net, self.net.device
         flat: dict[str, list[torch.Tensor]] = {k: [] for k in ("x", "a", "logp", "adv", "ret")}
         for ep in blocks:
             obs_in = self._inputs(ep.obs, tile_task(ep.task, ep.obs))
             next_in = self._inputs(ep.next_obs, tile_task(ep.task, ep.obs))
-            x = torch.as_tensor(obs_in)
-            mask = torch.as_tensor(ep.mask)
+            x = torch.as_tensor(obs_in).to(dev)
+            mask = torch.as_tensor(ep.mask).to(dev)
             net.norm.update(x[mask.bool()])
             adv, ret = critic_gae(net, obs_in, next_in, ep, cfg.gamma, cfg.gae_lambda)
             valid = mask.bool()
             flat["x"].append(x[valid])
-            flat["a"].append(torch.as_tensor(ep.actions)[valid])
-            flat["logp"].append(torch.as_tensor(ep.extras["logp"])[valid])
+            flat["a"].append(torch.as_tensor(ep.actions).to(dev)[valid])
+            flat["logp"].append(torch.as_tensor(ep.extras["logp"]).to(dev)[valid])
             flat["adv"].append(adv[valid])
             flat["ret"].append(ret[valid])
         data = {k: torch.cat(v) for k, v in flat.items()}
@@ -179,7 +185,7 @@ class PPO:
         mb = max(1, n // cfg.minibatches)
         stats: dict[str, list[float]] = {"pg_loss": [], "v_loss": [], "entropy": [], "kl": []}
         for _ in range(cfg.epochs):
-            perm = torch.randperm(n, generator=self.gen)
+            perm = torch.randperm(n, generator=self.gen).to(dev)
             kl_epoch = []
             for i in range(0, n - mb + 1, mb):
                 idx = perm[i : i + mb]

@@ -190,6 +190,10 @@ class RMA(PPO):
     privileged: ClassVar[bool] = True  # the teacher's collect/update see the task vector
     LEARNER_ONLY: ClassVar[tuple[str, ...]] = ("opt", "adapter_opt", "_replay")
     """Attributes rollout workers do not need (see :class:`~metagrasp.policies.sampler.Rollout`)."""
+    to_device = None
+    """Not PPO's: the teacher's encoder, the adaptation module and its history replay have
+    no device move yet, so ``run.device=cuda`` is refused for RMA
+    (:func:`~metagrasp.policies.device.place_learner`)."""
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "grasp:quick": {
             "run": {"total_env_steps": 120_000, "num_envs": 32},

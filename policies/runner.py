@@ -197,9 +197,10 @@ class Runner:
         progress_bar: show a tqdm bar on stderr.
         total_env_steps: with ``resume``, a larger budget to train the run on to (saved
             into its config.json); ``None`` keeps the saved budget.
-        sampler: with ``resume``, ``{"ray": ..., "ray_workers": ...}`` to collect on
-            another sampler than the saved one (saved into its config.json); how
-            episodes are collected is not part of what the checkpoint learned.
+        sampler: with ``resume``, ``{"ray": ..., "ray_workers": ..., "device": ...}`` to
+            collect on another sampler, or learn on another device, than the saved one
+            (saved into its config.json); where episodes are collected and the update
+            computed is not part of what the checkpoint learned.
     """
 
     def __init__(
@@ -242,6 +243,7 @@ class Runner:
         run = resolved["run"]
         self.run = run
         torch.set_num_threads(run["torch_threads"])
+        from metagrasp.policies.device import place_learner
         from metagrasp.policies.sampler import make_sampler
 
         # The local vector env, or rollout workers on Ray (run.ray); the algorithm
@@ -250,6 +252,9 @@ class Runner:
         try:
             self.spec = self.sampler.env_spec(run["task"])
             self.algo = build_algorithm(resolved, self.spec)
+            # Before the checkpoint loads: the optimisers' state then lands on the
+            # device of the parameters it belongs to.
+            self.device = place_learner(self.algo, run.get("device", "cpu"))
             if resume:
                 restore_state(self.algo, ckpt["state"], self.ckpt_path)
                 self.progress = dict(ckpt["progress"])

@@ -26,6 +26,7 @@ from torch import nn
 from metagrasp.errors import ConfigError
 from metagrasp.policies.base import EnvSpec
 from metagrasp.policies.collect import Episodes, episode_metrics
+from metagrasp.policies.device import on, to_numpy
 from metagrasp.policies.networks import RunningNorm, load_widened, mlp
 from metagrasp.policies.sampler import BoundPolicy, Rollout, as_sampler
 
@@ -162,7 +163,8 @@ class Actor(nn.Module):
         mu, log_std = self.body(x).chunk(2, -1)
         log_std = torch.clamp(log_std, LOG_STD_MIN, LOG_STD_MAX)
         std = log_std.exp()
-        u = mu if deterministic else mu + std * torch.randn(mu.shape, generator=gen)
+        # Noise from the (CPU) generator, then moved: a GPU learner draws the CPU's stream.
+        u = mu if deterministic else mu + std * torch.randn(mu.shape, generator=gen).to(mu.device)
         a = torch.tanh(u)
         logp = (-0.5 * ((u - mu) / std) ** 2 - log_std - 0.5 * np.log(2 * np.pi)).sum(-1)
         logp = logp - (2 * (np.log(2) - u - nn.functional.softplus(-2 * u))).sum(-1)
@@ -221,6 +223,8 @@ class SAC:
         self.iteration = 0
         self.seed = seed
         self.demos: Replay | None = None
+        self.device = torch.device("cpu")
+        """Where the learner runs (:meth:`to_device`); acting takes numpy either way."""
         if config.init_from and not self.privileged:
             raise ConfigError(
                 f"algo.init_from={config.init_from!r} is for the oracle (sac-oracle), which "
@@ -269,6 +273,19 @@ class SAC:
             self.norm.count.copy_(src.norm.count)
             self.log_alpha.copy_(src.log_alpha)
 
+    def to_device(self, device: torch.device) -> None:
+        """Move the networks, normaliser and temperature to ``device`` (``run.device``).
+
+        The parameters move in place, so the optimisers keep them; call it before
+        loading a checkpoint, whose optimiser state then follows its parameters. The
+        replay stays in host memory and each batch is moved.
+        """
+        for name in ("actor", "q1", "q2", "q1_t", "q2_t", "norm"):
+            getattr(self, name).to(device)
+        with torch.no_grad():
+            self.log_alpha.data = self.log_alpha.data.to(device)
+        self.device = device
+
     def _record_demos(self) -> Replay:
         """The demonstration buffer (see ``demo_episodes``): a pure function of the seed,
         so it is recorded again on resume instead of stored in every checkpoint."""
@@ -301,11 +318,13 @@ class SAC:
     def _batch(self, n: int) -> dict[str, torch.Tensor]:
         """Replay transitions, with ``demo_fraction`` of them from the demonstrations."""
         if self.demos is None:
-            return self.replay.sample(n, self.rng)
-        n_demo = self._n_demo(n)
-        online = self.replay.sample(n - n_demo, self.rng)
-        demo = self.demos.sample(n_demo, self.rng)
-        return {k: torch.cat([online[k], demo[k]]) for k in online}
+            batch = self.replay.sample(n, self.rng)
+        else:
+            n_demo = self._n_demo(n)
+            online = self.replay.sample(n - n_demo, self.rng)
+            demo = self.demos.sample(n_demo, self.rng)
+            batch = {k: torch.cat([online[k], demo[k]]) for k in online}
+        return {k: v.to(self.device) for k, v in batch.items()}
 
     # --- acting ----------------------------------------------------------------------
 
@@ -323,9 +342,9 @@ class SAC:
     def act(
         self, obs: np.ndarray, task: np.ndarray, state: Any, deterministic: bool = False
     ) -> tuple[np.ndarray, Any]:
-        x = self.norm(torch.as_tensor(self._inputs(obs, task), dtype=torch.float32))
+        x = self.norm(on(self._inputs(obs, task), self.device))
         a, _ = self.actor(x, deterministic, self.gen)
-        return a.numpy(), state
+        return to_numpy(a), state
 
     def observe(self, state: Any, step: dict[str, np.ndarray]) -> Any:
         return state

@@ -32,6 +32,7 @@ import torch
 
 from metagrasp.policies.base import EnvSpec
 from metagrasp.policies.collect import Episodes, PolicyFn, StepHook, collect_episodes
+from metagrasp.policies.device import cpu_copy
 
 
 @dataclass
@@ -85,7 +86,9 @@ class Rollout:
         actor = copy.copy(self.actor)
         for name in getattr(type(self.actor), "LEARNER_ONLY", ()):
             setattr(actor, name, None)
-        return {"make": self.make, "actor": actor, "per_member": _detached(self.per_member)}
+        # Workers act on their CPU: a GPU learner's networks go as CPU copies.
+        per_member = _detached(self.per_member)
+        return {"make": self.make, "actor": cpu_copy(actor), "per_member": per_member}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -116,10 +119,10 @@ def _rows(tree: Any, lo: int, hi: int) -> Any:
 
 def _detached(tree: Any) -> Any:
     """Tensors without autograd history (a non-leaf tensor that requires grad cannot be
-    pickled, and workers never differentiate through their inputs)."""
+    pickled, and workers never differentiate through their inputs), in host memory."""
     if isinstance(tree, dict):
         return {k: _detached(v) for k, v in tree.items()}
-    return tree.detach() if isinstance(tree, torch.Tensor) else tree
+    return tree.detach().cpu() if isinstance(tree, torch.Tensor) else tree
 
 
 def concat_episodes(parts: Sequence[Episodes]) -> Episodes:
