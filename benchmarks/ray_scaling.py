@@ -81,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     import torch
 
+    from metagrasp.policies.device import place_learner
     from metagrasp.policies.ray_sampler import RaySampler
     from metagrasp.policies.runner import build_algorithm, resolve_config
     from metagrasp.policies.sampler import LocalSampler, Rollout
@@ -99,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     spec = local.env_spec(args.task)
     algo = build_algorithm(resolved, spec)
+    # --set run.device=cuda measures a GPU learner's u (docs/SCALING.md), as the runner places it.
+    device = place_learner(algo, resolved["run"]["device"])
 
     # The algorithm's own rollout (for PPO: the exploring Gaussian policy), found by
     # training through a sampler that records what it is asked to collect and how long
@@ -135,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         "max_steps": spec.max_steps,
         "learner": {
             "algo": args.algo,
+            "device": str(device),
             "iteration_env_steps": iteration_steps,
             "update_s_median": statistics.median(update_s),
             "update_s_all": update_s,
@@ -183,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"2 workers / 1 worker: {ratio:.2f}x (target >= 1.7x)")
     learner = results["learner"]
     print(
-        f"learner update {learner['update_s_median']:.3f} s per iteration of "
+        f"learner ({learner['device']}) update {learner['update_s_median']:.3f} s per iteration of "
         f"{learner['iteration_env_steps']:,.0f} samples; rollout "
         f"{learner['rollout_pickle_bytes']:,} bytes, ray.put {learner['ray_put_s'] * 1e3:.2f} ms"
     )
