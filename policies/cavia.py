@@ -122,8 +122,16 @@ class CAVIA:
 
     # --- the inner loop ----------------------------------------------------------------
 
+    def to_device(self, device: torch.device) -> None:
+        """Move the actor-critic, its normaliser and the inner step size to ``device``
+        (``run.device``); the parameters move in place, so the optimiser keeps them. Call
+        it before loading a checkpoint."""
+        self.net.to(device)
+        with torch.no_grad():
+            self.inner_lr.data = self.inner_lr.data.to(device)
+
     def _ctx0(self, n: int) -> torch.Tensor:
-        return torch.zeros(n, self.config.ctx_dim)
+        return torch.zeros(n, self.config.ctx_dim, device=self.net.device)
 
     def inner_batch(self, episodes: list[Episodes]) -> dict[str, torch.Tensor]:
         """Transitions of each member's episodes with advantages, ready for the inner loss.
@@ -131,15 +139,15 @@ class CAVIA:
         Advantages are GAE under the critic at the unadapted context, normalised per
         member over its valid steps (so the step size does not depend on reward scale).
         """
-        cfg, net = self.config, self.net
+        cfg, net, dev = self.config, self.net, self.net.device
         parts: dict[str, list[torch.Tensor]] = {"obs": [], "actions": [], "adv": [], "mask": []}
         for ep in episodes:
             ctx0 = self._ctx0(ep.obs.shape[0])
             adv, _ = critic_gae(net, ep.obs, ep.next_obs, ep, cfg.gamma, cfg.gae_lambda, ctx0)
-            parts["obs"].append(net.norm(torch.as_tensor(ep.obs)))
-            parts["actions"].append(torch.as_tensor(ep.actions))
+            parts["obs"].append(net.norm(torch.as_tensor(ep.obs).to(dev)))
+            parts["actions"].append(torch.as_tensor(ep.actions).to(dev))
             parts["adv"].append(adv)
-            parts["mask"].append(torch.as_tensor(ep.mask))
+            parts["mask"].append(torch.as_tensor(ep.mask).to(dev))
         batch = {k: torch.cat(v, dim=1) for k, v in parts.items()}
         m = batch["mask"]
         count = m.sum(1, keepdim=True).clamp(min=1.0)
@@ -170,7 +178,7 @@ class CAVIA:
     def act(
         self, obs: np.ndarray, task: np.ndarray, state: torch.Tensor, deterministic: bool = False
     ) -> tuple[np.ndarray, torch.Tensor]:
-        a, _, _ = self.net.sample(obs, state, deterministic, self.gen)
+        a, _, _ = self.net.sample(obs, state.to(self.net.device), deterministic, self.gen)
         return a, state
 
     def observe(self, state: torch.Tensor, step: dict[str, np.ndarray]) -> torch.Tensor:
@@ -226,12 +234,13 @@ class CAVIA:
         self, ep: Episodes, members: torch.Tensor, ctx: torch.Tensor, adv: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Clipped surrogate and value loss of some members' episodes under ``ctx``."""
-        net, clip = self.net, self.config.clip
-        idx = members.numpy()
-        x = net.norm(torch.as_tensor(ep.obs[idx]))
-        mask = torch.as_tensor(ep.mask[idx])
-        logp = net.log_prob(x, torch.as_tensor(ep.actions[idx]), ctx)
-        ratio = torch.exp(logp - torch.as_tensor(ep.extras["logp"][idx]))
+        net, clip, dev = self.net, self.config.clip, self.net.device
+        idx = members.numpy()  # members: CPU indices (the generator's permutation)
+        members = members.to(dev)
+        x = net.norm(torch.as_tensor(ep.obs[idx]).to(dev))
+        mask = torch.as_tensor(ep.mask[idx]).to(dev)
+        logp = net.log_prob(x, torch.as_tensor(ep.actions[idx]).to(dev), ctx)
+        ratio = torch.exp(logp - torch.as_tensor(ep.extras["logp"][idx]).to(dev))
         a = adv[members]
         surr = torch.min(ratio * a, torch.clamp(ratio, 1 - clip, 1 + clip) * a)
         pg = -(surr * mask).sum() / mask.sum().clamp(min=1)
@@ -244,7 +253,7 @@ class CAVIA:
         """Outer advantages (normalised over the batch) and value targets of an episode."""
         cfg = self.config
         adv, ret = critic_gae(self.net, ep.obs, ep.next_obs, ep, cfg.gamma, cfg.gae_lambda, ctx)
-        mask = torch.as_tensor(ep.mask)
+        mask = torch.as_tensor(ep.mask).to(adv.device)
         self._returns[id(ep)] = ret
         valid = adv[mask.bool()]
         return (adv - valid.mean()) / (valid.std() + 1e-8) * mask
@@ -266,11 +275,12 @@ class CAVIA:
         for _ in range(cfg.epochs):
             perm = torch.randperm(n, generator=self.gen)
             for i in range(0, n - mb + 1, mb):
-                members = perm[i : i + mb]
-                inner = {k: v[members] for k, v in self.inner_batch([pre]).items()}
+                members = perm[i : i + mb]  # on the CPU; _ppo_terms moves them
+                on_dev = members.to(net.device)
+                inner = {k: v[on_dev] for k, v in self.inner_batch([pre]).items()}
                 ctx = self.adapted_context(inner, create_graph=True)
                 pg_post, v_post = self._ppo_terms(post, members, ctx, adv_post)
-                pg_pre, v_pre = self._ppo_terms(pre, members, ctx0[members], adv_pre)
+                pg_pre, v_pre = self._ppo_terms(pre, members, ctx0[on_dev], adv_pre)
                 loss = pg_post + cfg.pre_loss_coef * pg_pre + cfg.vf_coef * (v_post + v_pre)
                 self.opt.zero_grad()
                 loss.backward()

@@ -201,8 +201,8 @@ def add_train_parser(sub: Any, handler: Any) -> None:
         default=None,
         metavar="DEVICE",
         help="where the learner runs: cpu (default), cuda, cuda:N or auto (a GPU when "
-        "there is one); PPO and the SAC family (docs/SCALING.md); with --resume it moves the "
-        "run",
+        "there is one); not yet measured on a GPU (docs/SCALING.md); with --resume it moves "
+        "the run",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=handler)

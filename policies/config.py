@@ -68,8 +68,8 @@ class RunConfig:
     device: str = "cpu"
     """Where the learner (networks, update) runs: ``cpu``, ``cuda``, ``cuda:N`` or
     ``auto`` (a GPU when torch sees one). The envs and Ray workers stay on CPUs; eval
-    and export always run on the CPU. GPUs serve PPO and the SAC family in this version
-    (:mod:`metagrasp.policies.device`; docs/SCALING.md)."""
+    and export always run on the CPU (:mod:`metagrasp.policies.device`; docs/SCALING.md;
+    the GPU path is not yet measured on a GPU)."""
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:

@@ -76,9 +76,8 @@ def place_learner(algo: Any, name: str) -> torch.device:
     move = getattr(algo, "to_device", None)
     if move is None:
         raise ConfigError(
-            f"run.device={name!r}: the learner of {algo.name!r} runs on the CPU only in this "
-            "version (ppo, ppo-oracle, sac, sac-oracle, sac-grip and sac-grip-dr can use a "
-            "GPU); use run.device=cpu"
+            f"run.device={name!r}: the learner of {algo.name!r} runs on the CPU only (it has "
+            "no to_device method; every registered algorithm has one); use run.device=cpu"
         )
     move(device)
     return device
@@ -102,12 +101,16 @@ def cpu_copy(obj: Any) -> Any:
     learner's networks would not unpickle on a worker without CUDA.
     """
     out = copy.copy(obj)
+    moved: dict[int, Any] = {}  # one copy per object: aliases (RL²'s step is its net) stay aliases
     for key, value in vars(obj).items():
         if isinstance(value, torch.nn.Module) and _off_cpu(value):
-            setattr(out, key, copy.deepcopy(value).to("cpu"))
+            if id(value) not in moved:
+                moved[id(value)] = copy.deepcopy(value).to("cpu")
+            setattr(out, key, moved[id(value)])
         elif isinstance(value, torch.Tensor) and value.device.type != "cpu":
             setattr(out, key, value.detach().to("cpu"))
-    if isinstance(getattr(obj, "device", None), torch.device):
+    # A device attribute says where the copy acts (a property reads it off the networks).
+    if isinstance(vars(obj).get("device"), torch.device):
         out.device = torch.device("cpu")
     return out
 

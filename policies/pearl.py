@@ -60,6 +60,7 @@ from torch import nn
 from metagrasp.errors import ConfigError
 from metagrasp.policies.base import EnvSpec
 from metagrasp.policies.collect import Episodes, episode_metrics
+from metagrasp.policies.device import on, to_numpy
 from metagrasp.policies.networks import RunningNorm
 from metagrasp.policies.sac import LOG_STD_MAX, LOG_STD_MIN, SAC, actor_and_temperature_step
 from metagrasp.policies.sampler import BoundPolicy, Rollout, as_sampler
@@ -290,7 +291,9 @@ class LatentPolicy(nn.Module):
         mu, log_std = self.body(torch.cat([x, z], -1)).chunk(2, -1)
         log_std = torch.clamp(log_std, LOG_STD_MIN, LOG_STD_MAX)
         std = log_std.exp()
-        u = mu if deterministic else mu + std * torch.randn(mu.shape, generator=gen)
+        # Noise from the (CPU) generator, then moved: a GPU learner draws the CPU's stream.
+        noise = torch.randn(mu.shape, generator=gen).to(mu.device)
+        u = mu if deterministic else mu + std * noise
         logp = (-0.5 * ((u - mu) / std) ** 2 - log_std - 0.5 * _LOG_2PI).sum(-1)
         # tanh change of variables, in the numerically stable form of sac.Actor
         logp = logp - (2 * (_LOG_2 - u - nn.functional.softplus(-2 * u))).sum(-1)
@@ -390,15 +393,30 @@ class PEARL:
         self.rng = np.random.default_rng(seed + 13)
         self.env_steps = 0
         self.iteration = 0
+        self.device = torch.device("cpu")
+        """Where the learner runs (:meth:`to_device`); acting takes numpy either way."""
 
     # --- inference and acting ----------------------------------------------------------
 
     def _sample_z(self, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
-        return mean + var.sqrt() * torch.randn(mean.shape, generator=self.gen)
+        return mean + var.sqrt() * torch.randn(mean.shape, generator=self.gen).to(mean.device)
+
+    def to_device(self, device: torch.device) -> None:
+        """Move the encoder, policy, critics, normalisers and temperature to ``device``
+        (``run.device``); the parameters move in place, so the optimisers keep them. Call
+        it before loading a checkpoint. The per-task buffers stay in host memory and each
+        batch is moved."""
+        for name in self._NETS:
+            getattr(self, name).to(device)
+        with torch.no_grad():
+            self.log_alpha.data = self.log_alpha.data.to(device)
+        self.device = device
 
     def init_state(self, n: int) -> dict[str, torch.Tensor]:
         """The prior N(0, I) and a z drawn from it, per member."""
-        mean, var = torch.zeros(n, self.config.latent_dim), torch.ones(n, self.config.latent_dim)
+        shape = (n, self.config.latent_dim)
+        mean = torch.zeros(shape, device=self.device)
+        var = torch.ones(shape, device=self.device)
         return {"mean": mean, "var": var, "z": self._sample_z(mean, var)}
 
     @torch.no_grad()
@@ -406,7 +424,8 @@ class PEARL:
         """q(z | c) of every valid transition of each member's episodes (n, L) each."""
 
         def cat(name: str) -> torch.Tensor:
-            return torch.as_tensor(np.concatenate([getattr(e, name) for e in episodes], 1))
+            joined = np.concatenate([getattr(e, name) for e in episodes], 1)
+            return torch.as_tensor(joined).to(self.device)
 
         return self.encoder(
             cat("obs"),
@@ -421,9 +440,9 @@ class PEARL:
         self, obs: np.ndarray, task: np.ndarray, state: dict, deterministic: bool = False
     ) -> tuple[np.ndarray, dict]:
         z = state["mean"] if deterministic else state["z"]
-        x = self.norm(torch.as_tensor(obs, dtype=torch.float32))
-        a, _ = self.policy.sample(x, z, deterministic, self.gen)
-        return a.numpy(), state
+        x = self.norm(on(obs, self.device))
+        a, _ = self.policy.sample(x, z.to(self.device), deterministic, self.gen)
+        return to_numpy(a), state
 
     def observe(self, state: dict, step: dict[str, np.ndarray]) -> dict:
         return state  # the posterior is updated per episode, as in the paper
@@ -494,15 +513,16 @@ class PEARL:
             return {}
         for _ in range(n_updates):
             tasks = self.rng.choice(ready, c.meta_batch, replace=ready.size < c.meta_batch)
-            ctx = self.context.sample(tasks, c.context_batch, self.rng)
+            ctx = _on(self.context.sample(tasks, c.context_batch, self.rng), self.device)
             keep = self.rng.integers(c.context_min, c.context_batch + 1, len(tasks))
             mask = torch.as_tensor(np.arange(c.context_batch)[None] < keep[:, None])
+            mask = mask.to(self.device)
             mean, var = self.encoder(
                 ctx["obs"], ctx["actions"], ctx["rewards"], ctx["next_obs"], mask
             )
             z = self._sample_z(mean, var)  # reparameterised: the critics train the encoder
             kl = kl_to_prior(mean, var).mean()
-            b = self.replay.sample(tasks, c.batch_size, self.rng)
+            b = _on(self.replay.sample(tasks, c.batch_size, self.rng), self.device)
             m, bs = len(tasks), c.batch_size
             zb = z[:, None].expand(m, bs, z.shape[-1]).reshape(m * bs, -1)
             x = self.norm(b["obs"].reshape(m * bs, -1)).float()
@@ -587,6 +607,10 @@ class PEARL:
         self.rng.bit_generator.state = state["rng"]
         self.env_steps = int(state["env_steps"])
         self.iteration = int(state["iteration"])
+
+
+def _on(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items()}
 
 
 def _latent_policy(algo: PEARL, per_member: dict[str, Any], n: int) -> BoundPolicy:

@@ -20,9 +20,9 @@ that keeps killing its workers is a :class:`~metagrasp.errors.SamplerError` afte
 ``max_replacements`` tries. An exception *raised* in a worker (a NaN action, a broken
 env) is not a death: it propagates with its own type, as it would locally.
 
-The learner (the algorithm's update) stays in the driver process, on its CPU or, for
-PPO and the SAC family, its GPU (``run.device``); rollouts carry CPU copies of the acting
-networks either way (:func:`metagrasp.policies.device.cpu_copy`; docs/SCALING.md).
+The learner (the algorithm's update) stays in the driver process, on its CPU or its GPU
+(``run.device``); rollouts carry CPU copies of the acting networks either way
+(:func:`metagrasp.policies.device.cpu_copy`; docs/SCALING.md).
 """
 
 from __future__ import annotations

@@ -50,6 +50,7 @@ from torch import nn
 from metagrasp.errors import ConfigError
 from metagrasp.policies.base import EnvSpec
 from metagrasp.policies.collect import Episodes, episode_metrics
+from metagrasp.policies.device import on, to_numpy
 from metagrasp.policies.networks import RunningNorm, gae
 from metagrasp.policies.sampler import BoundPolicy, Rollout, as_sampler
 
@@ -249,13 +250,25 @@ class RL2:
 
     # --- acting: hidden state + previous action/reward/done -----------------------------
 
+    @property
+    def device(self) -> torch.device:
+        """Where the learner runs (:meth:`to_device`); acting takes numpy either way."""
+        return self.net.log_std.device
+
+    def to_device(self, device: torch.device) -> None:
+        """Move the recurrent actor-critic and its normalisers to ``device``
+        (``run.device``); the parameters move in place, so the optimiser keeps them. Call
+        it before loading a checkpoint."""
+        self.net.to(device)
+
     def init_state(self, n: int) -> dict[str, torch.Tensor]:
         """The start of a trial: zero hidden state, no previous step."""
+        dev = self.device
         return {
-            "h": torch.zeros(n, self.config.gru_size),
-            "prev_action": torch.zeros(n, self.spec.act_dim),
-            "prev_reward": torch.zeros(n, 1),
-            "prev_done": torch.zeros(n, 1),
+            "h": torch.zeros(n, self.config.gru_size, device=dev),
+            "prev_action": torch.zeros(n, self.spec.act_dim, device=dev),
+            "prev_reward": torch.zeros(n, 1, device=dev),
+            "prev_done": torch.zeros(n, 1, device=dev),
         }
 
     @torch.no_grad()
@@ -263,7 +276,7 @@ class RL2:
         self, obs: np.ndarray, state: dict, deterministic: bool
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
         """Action, its log-prob, the mean and the state with the candidate hidden."""
-        o = torch.as_tensor(obs, dtype=torch.float32)[:, None]
+        o = on(obs, self.device)[:, None]
         mu, h = self.net.sequence(
             o,
             state["prev_action"][:, None],
@@ -275,28 +288,27 @@ class RL2:
         if deterministic:
             a = mu
         else:
-            a = mu + self.net.log_std.exp() * torch.randn(mu.shape, generator=self.gen)
+            # Noise from the (CPU) generator, then moved: a GPU learner draws the CPU's stream.
+            noise = torch.randn(mu.shape, generator=self.gen).to(mu.device)
+            a = mu + self.net.log_std.exp() * noise
         return a, self.net.log_prob(mu, a), mu, {**state, "h_next": h}
 
     def act(
         self, obs: np.ndarray, task: np.ndarray, state: dict, deterministic: bool = False
     ) -> tuple[np.ndarray, dict]:
         a, _, _, state = self._policy_step(obs, state, deterministic)
-        return a.numpy(), state
+        return to_numpy(a), state
 
     def observe(self, state: dict, step: dict[str, np.ndarray]) -> dict:
         """Commit the step for members whose episode is still running (mask 1)."""
-        m = torch.as_tensor(step["mask"] > 0)[:, None]
+        dev = state["h"].device
+        m = torch.as_tensor(step["mask"] > 0).to(dev)[:, None]
         return {
             "h": torch.where(m, state["h_next"], state["h"]),
             "prev_action": torch.where(
-                m, torch.as_tensor(np.clip(step["actions"], -1.0, 1.0)), state["prev_action"]
+                m, on(np.clip(step["actions"], -1.0, 1.0), dev, None), state["prev_action"]
             ),
-            "prev_reward": torch.where(
-                m,
-                torch.as_tensor(step["rewards"], dtype=torch.float32)[:, None],
-                state["prev_reward"],
-            ),
+            "prev_reward": torch.where(m, on(step["rewards"], dev)[:, None], state["prev_reward"]),
             "prev_done": torch.where(m, torch.zeros_like(state["prev_done"]), state["prev_done"]),
         }
 
@@ -394,10 +406,10 @@ class RL2:
         )
         n = mask.shape[0]
         mb = max(1, n // cfg.minibatches)
-        h0 = torch.zeros(n, cfg.gru_size)
+        h0 = torch.zeros(n, cfg.gru_size, device=mask.device)
         stats: dict[str, list[float]] = {"pg_loss": [], "v_loss": [], "entropy": [], "kl": []}
         for _ in range(cfg.epochs):
-            perm = torch.randperm(n, generator=self.gen)
+            perm = torch.randperm(n, generator=self.gen).to(mask.device)
             kl_epoch = []
             for i in range(0, n - mb + 1, mb):
                 idx = perm[i : i + mb]
@@ -437,7 +449,7 @@ class RL2:
 
     def train_iteration(self, env: Any) -> dict[str, float]:
         blocks = self.collect(env)
-        data = self.trials(blocks)
+        data = {k: v.to(self.device) for k, v in self.trials(blocks).items()}
         metrics = self.update(data)
         # Normalisers change after the update, so the log-probs of the collected actions
         # were computed with the very statistics the update used (ratios start at 1).
@@ -480,13 +492,13 @@ def _trial_policy(algo: RL2, per_member: dict[str, Any], n: int) -> BoundPolicy:
         s = state[0]
         a, logp, mu, state[0] = algo._policy_step(obs, s, False)
         extras = {
-            "logp": logp.numpy(),
-            "mean": mu.numpy(),
-            "prev_action": s["prev_action"].numpy(),
-            "prev_reward": s["prev_reward"][:, 0].numpy(),
-            "prev_done": s["prev_done"][:, 0].numpy(),
+            "logp": to_numpy(logp),
+            "mean": to_numpy(mu),
+            "prev_action": to_numpy(s["prev_action"]),
+            "prev_reward": to_numpy(s["prev_reward"][:, 0]),
+            "prev_done": to_numpy(s["prev_done"][:, 0]),
         }
-        return a.numpy(), extras
+        return to_numpy(a), extras
 
     def on_step(step: dict[str, np.ndarray]) -> None:
         state[0] = algo.observe(state[0], step)

@@ -41,6 +41,7 @@ from torch import nn
 from metagrasp.errors import ConfigError
 from metagrasp.policies.base import EnvSpec
 from metagrasp.policies.collect import Episodes, episode_metrics
+from metagrasp.policies.device import on
 from metagrasp.policies.networks import ActorCritic, RunningNorm, mlp
 from metagrasp.policies.ppo import PPO, PPOConfig
 from metagrasp.policies.sampler import BoundPolicy, Rollout, as_sampler
@@ -133,6 +134,11 @@ class TeacherNet(nn.Module):
     def actor(self) -> nn.ParameterDict:
         return self.ac.actor
 
+    @property
+    def device(self) -> torch.device:
+        """Where the parameters are (``run.device``)."""
+        return self.ac.device
+
     def obs_norm(self, obs: torch.Tensor) -> torch.Tensor:
         """Normalise raw observations (the policy's own normalizer)."""
         return self.ac.norm(obs)
@@ -161,7 +167,7 @@ class TeacherNet(nn.Module):
         generator: torch.Generator | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Teacher actions, log-probs and values for raw ``obs ⊕ e`` inputs."""
-        x_n = self.norm(torch.as_tensor(x, dtype=torch.float32))
+        x_n = self.norm(torch.as_tensor(x, dtype=torch.float32).to(self.device))
         z = self.latent(x_n)
         return self.ac.sample_normalised(x_n[..., : self.obs_dim], z, deterministic, generator)
 
@@ -173,8 +179,8 @@ def windows(obs_n: torch.Tensor, history: int) -> torch.Tensor:
     with validity flag 0 (the last channel), exactly as the running window at meta-test.
     """
     n, horizon, o = obs_n.shape
-    flagged = torch.cat([obs_n, torch.ones(n, horizon, 1, dtype=obs_n.dtype)], -1)
-    padded = torch.cat([torch.zeros(n, history - 1, o + 1, dtype=obs_n.dtype), flagged], 1)
+    flagged = torch.cat([obs_n, obs_n.new_ones(n, horizon, 1)], -1)
+    padded = torch.cat([obs_n.new_zeros(n, history - 1, o + 1), flagged], 1)
     return padded.unfold(1, history, 1).permute(0, 1, 3, 2)
 
 
@@ -190,10 +196,6 @@ class RMA(PPO):
     privileged: ClassVar[bool] = True  # the teacher's collect/update see the task vector
     LEARNER_ONLY: ClassVar[tuple[str, ...]] = ("opt", "adapter_opt", "_replay")
     """Attributes rollout workers do not need (see :class:`~metagrasp.policies.sampler.Rollout`)."""
-    to_device = None
-    """Not PPO's: the teacher's encoder, the adaptation module and its history replay have
-    no device move yet, so ``run.device=cuda`` is refused for RMA
-    (:func:`~metagrasp.policies.device.place_learner`)."""
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "grasp:quick": {
             "run": {"total_env_steps": 120_000, "num_envs": 32},
@@ -223,6 +225,12 @@ class RMA(PPO):
         self.env_steps = 0
         self._replay: list[tuple[torch.Tensor, torch.Tensor]] = []
 
+    def to_device(self, device: torch.device) -> None:
+        """PPO's move (the teacher) and the adaptation module's (``run.device``); the
+        student's history replay is built on the device from then on."""
+        super().to_device(device)
+        self.adapter.to(device)
+
     def make_net(self, config: RMAConfig, spec: EnvSpec, seed: int) -> TeacherNet:
         return TeacherNet(config, spec, seed)
 
@@ -239,12 +247,13 @@ class RMA(PPO):
 
     def _push(self, window: torch.Tensor, obs: np.ndarray) -> torch.Tensor:
         """The window with the newest (normalised, flagged) observation appended."""
-        o = self.net.obs_norm(torch.as_tensor(obs, dtype=torch.float32))
-        new = torch.cat([o, torch.ones(o.shape[0], 1)], -1)
+        o = self.net.obs_norm(on(obs, window.device))
+        new = torch.cat([o, o.new_ones(o.shape[0], 1)], -1)
         return torch.cat([window[:, 1:], new[:, None]], 1)
 
     def _empty_window(self, n: int) -> torch.Tensor:
-        return torch.zeros(n, self.config.history, self.spec.obs_dim + 1)
+        dims = (n, self.config.history, self.spec.obs_dim + 1)
+        return torch.zeros(dims, device=self.net.device)
 
     # --- meta-test side: continuous estimation, then a calibrated latent -----------------
 
@@ -262,7 +271,7 @@ class RMA(PPO):
         z = state["z"]
         if z is None or self.config.calibration == "continuous":
             z = self.estimate(window)
-        obs_n = self.net.obs_norm(torch.as_tensor(obs, dtype=torch.float32))
+        obs_n = self.net.obs_norm(on(obs, window.device))
         a, _, _ = self.net.ac.sample_normalised(obs_n, z, deterministic, self.gen)
         return a, {"window": window, "z": state["z"]}
 
@@ -273,11 +282,12 @@ class RMA(PPO):
     def calibrated_latent(self, episodes: list[Episodes]) -> torch.Tensor:
         """Mean estimate over the second half of every episode's valid steps, per member."""
         total, weight = 0.0, 0.0
+        dev = self.net.device
         for ep in episodes:
-            obs_n = self.net.obs_norm(torch.as_tensor(ep.obs))
+            obs_n = self.net.obs_norm(torch.as_tensor(ep.obs).to(dev))
             z = self.estimate(windows(obs_n, self.config.history))  # (n, T, latent)
-            mask = torch.as_tensor(ep.mask)
-            steps = torch.arange(mask.shape[1], dtype=mask.dtype)
+            mask = torch.as_tensor(ep.mask).to(dev)
+            steps = torch.arange(mask.shape[1], dtype=mask.dtype, device=dev)
             late = (steps[None] >= 0.5 * mask.sum(1, keepdim=True)).to(mask.dtype) * mask
             total = total + (z * late[..., None]).sum(1)
             weight = weight + late.sum(1, keepdim=True)
@@ -328,9 +338,10 @@ class RMA(PPO):
     def update_student(self, ep: Episodes) -> dict[str, float]:
         """Regress ``phi(window)`` on the frozen teacher latent ``mu(e)`` over the replay."""
         with torch.no_grad():
-            mask = torch.as_tensor(ep.mask).bool()
-            obs_n = self.net.obs_norm(torch.as_tensor(ep.obs))
-            task = torch.as_tensor(np.asarray(ep.task, np.float32))
+            dev = self.net.device
+            mask = torch.as_tensor(ep.mask).to(dev).bool()
+            obs_n = self.net.obs_norm(torch.as_tensor(ep.obs).to(dev))
+            task = on(np.asarray(ep.task, np.float32), dev)
             x = torch.cat([torch.zeros_like(obs_n[:, 0]), task], -1)
             target = self.net.latent(self.net.norm(x))  # (n, latent), one per member
             target = target[:, None].expand(-1, mask.shape[1], -1)
@@ -340,7 +351,7 @@ class RMA(PPO):
             z_all = torch.cat([z for _, z in self._replay])
         cfg, losses = self.config, []
         for _ in range(cfg.adapter_epochs):
-            perm = torch.randperm(w_all.shape[0], generator=self.gen)
+            perm = torch.randperm(w_all.shape[0], generator=self.gen).to(w_all.device)
             for i in range(0, w_all.shape[0], cfg.adapter_batch):
                 idx = perm[i : i + cfg.adapter_batch]
                 loss = ((self.estimate(w_all[idx]) - z_all[idx]) ** 2).mean()

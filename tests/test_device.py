@@ -1,11 +1,11 @@
 """``run.device``: where the learner runs (policies/device.py).
 
 This machine and CI have no GPU, so what runs here is the CPU side of the contract:
-names are checked, a GPU that is not there is refused with the fix, algorithms without
-a GPU learner are refused rather than silently kept on the CPU, the move keeps the
-optimisers bound to the parameters they update (the bug a GPU run would show first),
-and the CPU path computes exactly what it computed before the option existed. The GPU
-path itself is measured where a GPU is lent (docs/SCALING.md says so).
+names are checked, a GPU that is not there is refused with the fix, an algorithm without
+a move is refused rather than silently kept on the CPU, the move keeps the optimisers
+bound to the parameters they update (the bug a GPU run would show first), and every
+algorithm's CPU path computes exactly what it computed before the option existed. The
+tests marked ``CUDA`` run where torch sees a GPU (none was lent so far; docs/SCALING.md).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import torch
 from metagrasp.cli import main
 from metagrasp.errors import ConfigError
 from metagrasp.policies import device as dev
+from metagrasp.policies.base import ALGORITHMS, algorithms_for
 from metagrasp.policies.config import check_device_name
 from metagrasp.policies.runner import Runner, build_algorithm, env_spec, resolve_config
 from metagrasp.policies.sac import _behaviour_policy
@@ -63,28 +64,43 @@ def test_a_gpu_index_beyond_the_machine_is_refused(monkeypatch):
         dev.resolve_device("cuda:2")
 
 
+ALGOS = [(name, "point-nav") for name in algorithms_for("point-nav")] + [
+    ("sac-grip", "grasp-lift"),
+    ("sac-grip-dr", "grasp-lift"),
+]
+"""Every registered algorithm, on a family it has presets for."""
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="torch sees no CUDA GPU here")
+
+
+def test_every_registered_algorithm_is_covered():
+    assert sorted(name for name, _ in ALGOS) == sorted(ALGORITHMS)
+
+
 def _algo(name: str, task: str = "point-nav"):
     resolved = resolve_config(name, task, "quick", None, {"run": {"workers": 0}})
     env = make_vector_env(task, 2, seed=0, workers=0)
     return build_algorithm(resolved, env_spec(env, task)), env
 
 
-@pytest.mark.parametrize("name", ["cavia", "rl2", "pearl", "rma"])
-def test_algorithms_without_a_gpu_learner_are_refused(name, monkeypatch):
+class _CPUOnly:
+    """An algorithm as a third party might register one: no ``to_device``."""
+
+    name = "cpu-only"
+
+
+def test_an_algorithm_without_a_move_is_refused(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    # RMA is a PPO subclass: it must not inherit PPO's move (its adapter would stay behind).
-    algo, env = _algo(name, "grasp-lift" if name == "rma" else "point-nav")
-    env.close()
-    with pytest.raises(ConfigError, match=f"'{name}' runs on the CPU only.*run.device=cpu"):
-        dev.place_learner(algo, "cuda")
+    with pytest.raises(ConfigError, match="'cpu-only' runs on the CPU only.*run.device=cpu"):
+        dev.place_learner(_CPUOnly(), "cuda")
     # The CPU needs no move, whatever the algorithm.
-    assert dev.place_learner(algo, "cpu") == torch.device("cpu")
+    assert dev.place_learner(_CPUOnly(), "cpu") == torch.device("cpu")
 
 
-def _bound(opt: torch.optim.Optimizer, nets: list[torch.nn.Module]) -> bool:
+def _bound(opt: torch.optim.Optimizer, nets: list) -> bool:
     held = [p for group in opt.param_groups for p in group["params"]]
-    return [id(p) for p in held] == [id(p) for n in nets for p in n.parameters()]
+    want = [p for n in nets for p in (n.parameters() if isinstance(n, torch.nn.Module) else [n])]
+    return [id(p) for p in held] == [id(p) for p in want]
 
 
 def test_the_move_keeps_the_optimisers_on_the_moved_parameters():
@@ -93,19 +109,29 @@ def test_the_move_keeps_the_optimisers_on_the_moved_parameters():
     sac.to_device(torch.device("cpu"))
     assert sac.device == torch.device("cpu")
     assert _bound(sac.opt_actor, [sac.actor]) and _bound(sac.opt_q, [sac.q1, sac.q2])
-    assert sac.opt_alpha.param_groups[0]["params"][0] is sac.log_alpha
-    ppo, env = _algo("ppo")
+    assert _bound(sac.opt_alpha, [sac.log_alpha])
+    cavia, env = _algo("cavia")
     env.close()
-    ppo.to_device(torch.device("cpu"))
-    assert _bound(ppo.opt, [ppo.net]) and ppo.net.device == torch.device("cpu")
+    cavia.to_device(torch.device("cpu"))
+    assert _bound(cavia.opt, [cavia.net, cavia.inner_lr])
+    pearl, env = _algo("pearl")
+    env.close()
+    pearl.to_device(torch.device("cpu"))
+    assert _bound(pearl.opt_alpha, [pearl.log_alpha]) and _bound(pearl.opt_q, [pearl.q1, pearl.q2])
+    rma, env = _algo("rma")
+    env.close()
+    rma.to_device(torch.device("cpu"))
+    assert _bound(rma.opt, [rma.net]) and _bound(rma.adapter_opt, [rma.adapter])
 
 
-def _train(algo_name: str, moved: bool, iterations: int = 3) -> dict:
-    algo, env = _algo(algo_name)
+def _train(name: str, task: str, device: str | None, iterations: int = 2) -> dict:
+    algo, env = _algo(name, task)
     if hasattr(algo.config, "warmup_steps"):
-        algo.config.warmup_steps = 0  # SAC: update from the first iteration
-    if moved:
-        algo.to_device(torch.device("cpu"))
+        algo.config.warmup_steps = 0  # off-policy: update from the first iteration
+    if hasattr(algo.config, "teacher_steps") and name == "rma":
+        algo.config.teacher_steps = 1  # RMA: the student phase (its own update) from the second
+    if device is not None:
+        algo.to_device(torch.device(device))
     try:
         for _ in range(iterations):
             algo.train_iteration(env)
@@ -114,18 +140,51 @@ def _train(algo_name: str, moved: bool, iterations: int = 3) -> dict:
     return algo.state_dict()
 
 
-def test_a_learner_moved_to_the_cpu_trains_bit_for_bit_as_before():
-    plain, moved = _train("sac", False), _train("sac", True)
-    for key in ("actor", "q1", "q2", "norm"):
-        a, b = plain["nets"][key], moved["nets"][key]
-        assert all(torch.equal(a[k], b[k]) for k in a), key
-    assert torch.equal(plain["log_alpha"], moved["log_alpha"])
-    assert plain["log_alpha"] != torch.log(torch.tensor(0.1))  # the temperature learned
-    plain, moved = _train("ppo", False, 2), _train("ppo", True, 2)
-    assert all(torch.equal(plain["net"][k], moved["net"][k]) for k in plain["net"])
-    start, env = _algo("ppo")
-    env.close()
-    assert not torch.equal(start.net.state_dict()["actor.w0"], plain["net"]["actor.w0"])
+def _tensors(tree, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Every tensor of a (nested) state dict, by path."""
+    if isinstance(tree, torch.Tensor):
+        return {prefix: tree}
+    if isinstance(tree, dict):
+        out = {}
+        for k, v in tree.items():
+            out.update(_tensors(v, f"{prefix}/{k}"))
+        return out
+    return {}
+
+
+@pytest.mark.parametrize(("name", "task"), ALGOS)
+def test_a_learner_moved_to_the_cpu_trains_bit_for_bit_as_before(name, task):
+    start = _tensors(_algo(name, task)[0].state_dict())
+    plain, moved = _tensors(_train(name, task, None)), _tensors(_train(name, task, "cpu"))
+    assert plain.keys() == moved.keys()
+    for key, value in plain.items():
+        assert torch.equal(value, moved[key]), key
+    # ... and it did learn: the first network's weights moved.
+    learned = [k for k in start if k.endswith("weight") or "/w" in k]
+    assert learned and any(not torch.equal(start[k], plain[k]) for k in learned)
+
+
+@CUDA
+@pytest.mark.parametrize(("name", "task"), ALGOS)
+def test_a_gpu_learner_trains_as_the_cpu_one(name, task):
+    """Same random streams, so after two iterations the networks differ by float sums only."""
+    cpu, gpu = _tensors(_train(name, task, None)), _tensors(_train(name, task, "cuda"))
+    for key, value in cpu.items():
+        if value.is_floating_point():
+            got = gpu[key].cpu()
+            assert torch.allclose(value, got, rtol=1e-3, atol=1e-3), key
+
+
+@CUDA
+def test_a_run_trained_on_a_gpu_resumes_and_evaluates_on_the_cpu(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "--algo", "sac-grip", "--task", "grasp-lift", "--preset", "quick"]
+    argv += ["--set", "run.total_env_steps=400", "--set", "run.workers=0", "--no-progress"]
+    assert main([*argv, "--out", str(out), "--device", "cuda"]) == 0
+    assert "learner on cuda" in capsys.readouterr().err
+    more = ["--set", "run.total_env_steps=800", "--device", "cpu"]
+    assert main(["train", "--resume", "--out", str(out), "--no-progress", *more]) == 0
+    assert main(["eval", str(out), "--episodes-per-task", "1", "--workers", "0"]) == 0
 
 
 def test_rollouts_sent_to_workers_hold_cpu_copies_only():
