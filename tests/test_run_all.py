@@ -183,6 +183,22 @@ def test_the_judge_agreement_table_is_rendered_from_its_json(tmp_path):
     assert f"Crush recall {res['crush_recall']:.2f}" in table.note and "mesh_4" in table.note
 
 
+def test_the_failure_modes_table_is_rendered_from_its_json(tmp_path):
+    """A grasp-lift failure-mode table: the committed search line's file, every k and shape."""
+    src = "docs/benchmarks/grasp-lift-grip/failure-modes/failure-modes-search-test.json"
+    (table,), res = _render_committed(
+        tmp_path, "render_grasp_lift", src, "failure-modes-search", "grasp-lift"
+    )
+    assert f"{len(res['runs'])} runs x seeds {res['seeds']}" in table.title
+    assert "sampled actions" in table.title
+    rows = [*(f"k = {k}" for k in range(len(res["per_k"]))), *res["by_shape"]]
+    counts = [*res["per_k"], *res["by_shape"].values()]
+    for name, c in zip(rows, counts, strict=True):
+        n = sum(c.values())
+        shares = " | ".join(f"{c[m] / n:.3f}" for m in res["modes"])
+        assert f"| {name} | {n} | {shares} |" in table.markdown
+
+
 def test_the_wrist_rate_limit_moves_the_roll_command_at_its_speed_only():
     """benchmarks/wrist_rate.py: a 180-degree finger_yaw jump ramps at the rate, counted."""
     import math
