@@ -96,7 +96,7 @@ class GripSearchConfig(SACConfig):
     object is the motion's failure, not the force's: the grip is tried again instead of
     a stronger one (:func:`~metagrasp.grip_search.next_grip`). With sampled actions the
     oracle line drops about one object in eight at its own grip. Off by default: on
-    ``val`` (2 family-v4 runs x 2 seeds) it lowered k = 3 from 0.80 to 0.76
+    ``val`` (3 family-v4 runs x 2 seeds) it lowered k = 3 from 0.767 to 0.750
     (docs/BENCHMARKS.md, failure modes)."""
     judge: str = "sim"
     """Meta-test: who says whether each episode lifted or crushed the object. ``sim``: the
