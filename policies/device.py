@@ -88,6 +88,11 @@ def on(x: Any, device: torch.device, dtype: torch.dtype | None = torch.float32) 
     return torch.as_tensor(x, dtype=dtype).to(device)
 
 
+def batch_to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """A replay batch (tensors in host memory) on ``device``."""
+    return {k: v.to(device) for k, v in batch.items()}
+
+
 def to_numpy(t: torch.Tensor) -> np.ndarray:
     """A tensor's values as numpy, from whichever device holds them."""
     return t.detach().cpu().numpy()

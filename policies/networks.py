@@ -175,8 +175,11 @@ class ActorCritic(nn.Module):
         mu = self.mean(obs_n, context)
         std = torch.exp(self.actor["log_std"])
         # Noise from the (CPU) generator, then moved: a GPU learner draws the CPU's stream.
-        noise = torch.randn(mu.shape, generator=generator).to(mu.device)
-        a = mu if deterministic else mu + std * noise
+        a = (
+            mu
+            if deterministic
+            else mu + std * torch.randn(mu.shape, generator=generator).to(mu.device)
+        )
         logp = self.log_prob(obs_n, a, context)
         v = self.value(obs_n, context)
         return a.cpu().numpy(), logp.cpu().numpy(), v.cpu().numpy()

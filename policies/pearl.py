@@ -60,7 +60,7 @@ from torch import nn
 from metagrasp.errors import ConfigError
 from metagrasp.policies.base import EnvSpec
 from metagrasp.policies.collect import Episodes, episode_metrics
-from metagrasp.policies.device import on, to_numpy
+from metagrasp.policies.device import batch_to, on, to_numpy
 from metagrasp.policies.networks import RunningNorm
 from metagrasp.policies.sac import LOG_STD_MAX, LOG_STD_MIN, SAC, actor_and_temperature_step
 from metagrasp.policies.sampler import BoundPolicy, Rollout, as_sampler
@@ -292,8 +292,7 @@ class LatentPolicy(nn.Module):
         log_std = torch.clamp(log_std, LOG_STD_MIN, LOG_STD_MAX)
         std = log_std.exp()
         # Noise from the (CPU) generator, then moved: a GPU learner draws the CPU's stream.
-        noise = torch.randn(mu.shape, generator=gen).to(mu.device)
-        u = mu if deterministic else mu + std * noise
+        u = mu if deterministic else mu + std * torch.randn(mu.shape, generator=gen).to(mu.device)
         logp = (-0.5 * ((u - mu) / std) ** 2 - log_std - 0.5 * _LOG_2PI).sum(-1)
         # tanh change of variables, in the numerically stable form of sac.Actor
         logp = logp - (2 * (_LOG_2 - u - nn.functional.softplus(-2 * u))).sum(-1)
@@ -513,7 +512,7 @@ class PEARL:
             return {}
         for _ in range(n_updates):
             tasks = self.rng.choice(ready, c.meta_batch, replace=ready.size < c.meta_batch)
-            ctx = _on(self.context.sample(tasks, c.context_batch, self.rng), self.device)
+            ctx = batch_to(self.context.sample(tasks, c.context_batch, self.rng), self.device)
             keep = self.rng.integers(c.context_min, c.context_batch + 1, len(tasks))
             mask = torch.as_tensor(np.arange(c.context_batch)[None] < keep[:, None])
             mask = mask.to(self.device)
@@ -522,7 +521,7 @@ class PEARL:
             )
             z = self._sample_z(mean, var)  # reparameterised: the critics train the encoder
             kl = kl_to_prior(mean, var).mean()
-            b = _on(self.replay.sample(tasks, c.batch_size, self.rng), self.device)
+            b = batch_to(self.replay.sample(tasks, c.batch_size, self.rng), self.device)
             m, bs = len(tasks), c.batch_size
             zb = z[:, None].expand(m, bs, z.shape[-1]).reshape(m * bs, -1)
             x = self.norm(b["obs"].reshape(m * bs, -1)).float()
@@ -607,10 +606,6 @@ class PEARL:
         self.rng.bit_generator.state = state["rng"]
         self.env_steps = int(state["env_steps"])
         self.iteration = int(state["iteration"])
-
-
-def _on(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device) for k, v in batch.items()}
 
 
 def _latent_policy(algo: PEARL, per_member: dict[str, Any], n: int) -> BoundPolicy:

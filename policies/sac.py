@@ -26,7 +26,7 @@ from torch import nn
 from metagrasp.errors import ConfigError
 from metagrasp.policies.base import EnvSpec
 from metagrasp.policies.collect import Episodes, episode_metrics
-from metagrasp.policies.device import on, to_numpy
+from metagrasp.policies.device import batch_to, on, to_numpy
 from metagrasp.policies.networks import RunningNorm, load_widened, mlp
 from metagrasp.policies.sampler import BoundPolicy, Rollout, as_sampler
 
@@ -324,7 +324,7 @@ class SAC:
             online = self.replay.sample(n - n_demo, self.rng)
             demo = self.demos.sample(n_demo, self.rng)
             batch = {k: torch.cat([online[k], demo[k]]) for k in online}
-        return {k: v.to(self.device) for k, v in batch.items()}
+        return batch_to(batch, self.device)
 
     # --- acting ----------------------------------------------------------------------
 
