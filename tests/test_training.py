@@ -838,6 +838,57 @@ def test_sac_behaviour_cloning_pulls_the_actor_to_the_expert_where_the_q_filter_
     torch.testing.assert_close(loss.detach(), want)
 
 
+def test_sac_smoothness_makes_the_mean_action_change_less_between_consecutive_states():
+    """``smooth_weight`` (CAPS): after the same updates, the actor's mean action differs
+    less between each replayed state and its successor, and between a state and a
+    perturbed copy, than in the same run without it; the loss is the documented one."""
+    overrides = {
+        "run": {"num_envs": 2, "workers": 0},
+        "algo": {"hidden": [32], "warmup_steps": 100, "batch_size": 64},
+    }
+    gaps = {}
+    for weight in (0.0, 0.5):
+        overrides["algo"]["smooth_weight"] = weight
+        resolved = resolve_config("sac", "grasp-lift", "quick", overrides=overrides)
+        env = make_vector_env("grasp-lift", 2, seed=0, workers=0)
+        algo = build_algorithm(resolved, env_spec(env, "grasp-lift"))
+        algo.train_iteration(env)
+        env.close()
+        metrics = algo.update(200)
+        n = algo.replay.size
+        x = algo.norm(torch.as_tensor(algo.replay.data["obs"][:n]))
+        nx = algo.norm(torch.as_tensor(algo.replay.data["next_obs"][:n]))
+        with torch.no_grad():
+            mu, _ = algo.actor(x, deterministic=True)
+            mu_next, _ = algo.actor(nx, deterministic=True)
+            mu_near, _ = algo.actor(x + 0.05 * torch.randn(x.shape), deterministic=True)
+        gaps[weight] = (
+            float((mu - mu_next).norm(dim=-1).mean()),
+            float((mu - mu_near).norm(dim=-1).mean()),
+        )
+    assert metrics["smooth_loss"] > 0
+    assert gaps[0.5][0] < 0.5 * gaps[0.0][0] and gaps[0.5][1] < 0.5 * gaps[0.0][1], gaps
+
+    from metagrasp.policies.sac import _min_q
+
+    x, nx = x[:64], nx[:64]
+    a, _ = algo.actor(x, gen=algo.gen)
+    xa = torch.cat([x, a], -1)
+    state = algo.gen.get_state()
+    loss = algo._smooth_loss(x, nx, xa)
+    algo.gen.set_state(state)
+    eps = torch.randn(x.shape, generator=algo.gen)
+    with torch.no_grad():
+        mu, _ = algo.actor(x, deterministic=True)
+        mu_next, _ = algo.actor(nx, deterministic=True)
+        mu_near, _ = algo.actor(x + 0.05 * eps, deterministic=True)
+        d = (mu - mu_next).norm(dim=-1).mean() + (mu - mu_near).norm(dim=-1).mean()
+        want = 0.5 * _min_q(algo, xa).abs().mean() * d
+    torch.testing.assert_close(loss.detach(), want, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ConfigError, match="smooth_weight"):
+        resolve_config("sac", "grasp-lift", "quick", overrides={"algo": {"smooth_weight": -1}})
+
+
 def test_behaviour_cloning_needs_demonstrations():
     with pytest.raises(ConfigError, match="algo.demo_episodes is 0"):
         resolve_config("sac", "grasp-lift", "quick", overrides={"algo": {"bc_weight": 0.4}})
