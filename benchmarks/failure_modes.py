@@ -16,7 +16,10 @@ every episode into one outcome, in this order of precedence:
 * ``never raised`` -- the grasp never picked it up.
 
 It tells what a line's failures are made of, e.g. whether sampling noise (releases) or the
-grip (crushes, slips) limits an oracle line.
+grip (crushes, slips) limits an oracle line. Beside the shares it reports, per outcome of
+the lifted episodes, the median *carry jitter*: the mean absolute change per step of the
+arm's actions (every action but the gripper) from the first step at the lift height until
+the object is back below half of it, or the episode's end (:func:`carry_jitter`).
 
     python benchmarks/failure_modes.py RUN [RUN ...] --split test --seeds 0 1 \\
         [--episodes-per-task K] [--set algo.act_with=oracle] [--deterministic] \\
@@ -88,6 +91,24 @@ def classify(ep: Episodes, gripper: int) -> list[str]:
     return out
 
 
+def carry_jitter(ep: Episodes, gripper: int) -> np.ndarray:
+    """Per member: the mean absolute change per step of the arm's actions while the object
+    is carried (from the first step at :data:`LIFT_M` until it is back below half of it,
+    or the end); NaN for a member that never lifted it."""
+    out = np.full(len(ep.success), np.nan)
+    for i in range(len(ep.success)):
+        n = int(ep.mask[i].sum())
+        rise = ep.obs[i, :n, _Z] - ep.obs[i, 0, _Z]
+        up = np.flatnonzero(rise >= LIFT_M)
+        if len(up) == 0 or up[0] >= n - 1:
+            continue
+        fell = np.flatnonzero(rise[up[0] :] < LIFT_M * 0.5)
+        end = int(up[0] + fell[0]) if len(fell) else n - 1
+        arm = np.delete(ep.actions[i, up[0] : max(end, up[0] + 1) + 1], gripper, axis=-1)
+        out[i] = float(np.abs(np.diff(arm, axis=0)).mean())
+    return out
+
+
 def measure(
     runs: list[str],
     split: str,
@@ -104,6 +125,7 @@ def measure(
 
     counts = [dict.fromkeys(MODES, 0) for _ in range(k_max + 1)]
     by_shape: dict[str, dict[str, int]] = {}
+    jitter: dict[str, list[float]] = {m: [] for m in MODES}
     for run in runs:
         algo, _, spec = load_trained(run, algo_overrides=settings)
         gripper = spec.action_names.index("gripper")
@@ -112,14 +134,18 @@ def measure(
         def observe(k: int, ep: Episodes, gripper: int = gripper, shapes=shapes) -> None:
             # One block holds every task of the split, in order (meta_test's default).
             assert len(ep.success) == len(shapes), "expected all tasks in one block"
-            for mode, shape in zip(classify(ep, gripper), shapes, strict=True):
+            modes = classify(ep, gripper)
+            for mode, shape, jit in zip(modes, shapes, carry_jitter(ep, gripper), strict=True):
                 counts[k][mode] += 1
                 by_shape.setdefault(shape, dict.fromkeys(MODES, 0))[mode] += 1
+                if not np.isnan(jit):
+                    jitter[mode].append(jit)
 
         meta_test(algo, spec, split, k_max, tuple(seeds), deterministic=deterministic,
                   episode_observer=observe)  # fmt: skip
         print(f"  {run}: done", file=sys.stderr, flush=True)
-    return {"per_k": counts, "by_shape": dict(sorted(by_shape.items()))}
+    carry = {m: float(np.median(v)) for m, v in jitter.items() if v}
+    return {"per_k": counts, "by_shape": dict(sorted(by_shape.items())), "carry_jitter": carry}
 
 
 def table(label: str, res: dict[str, Any]) -> str:
@@ -131,6 +157,11 @@ def table(label: str, res: dict[str, Any]) -> str:
     for name, c in rows:
         n = sum(c.values())
         lines.append(f"| {name} | {n} | " + " | ".join(f"{c[m] / n:.3f}" for m in MODES) + " |")
+    if res.get("carry_jitter"):
+        jit = res["carry_jitter"]
+        lines += ["", "| carry jitter (median arm-action change per step while lifted) | "
+                  + " | ".join(jit) + " |", "|---|" + "---:|" * len(jit),
+                  "| | " + " | ".join(f"{v:.3f}" for v in jit.values()) + " |"]  # fmt: skip
     return "\n".join(lines)
 
 

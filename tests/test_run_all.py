@@ -274,6 +274,15 @@ def test_failure_modes_sorts_each_episode_into_one_outcome():
     assert fm.MODES[2:4] == ("released while held", "slipped out")
     res = {"per_k": [dict.fromkeys(fm.MODES, 0) | {"success": 3, "crushed": 1}]}
     assert "| k = 0 | 4 | 0.750 | 0.250 | 0.000 |" in fm.table("line", res)
+    # Carry jitter: the arm's first action flips by 0.2 at every step of the carry (from
+    # step 6, the first at 5 cm) and the gripper's changes do not count; the last 4
+    # steps, before the lift, do not count either. Never lifted: NaN.
+    ep.actions[0, 6:, 0] = 0.1 * (-1.0) ** np.arange(steps - 6)
+    ep.actions[0, :6, 1] = np.arange(6.0)
+    ep.actions[0, :, 5] = np.linspace(-1, 1, steps)
+    jitter = fm.carry_jitter(ep, 5)
+    assert jitter[0] == pytest.approx(0.2 / 5) and jitter[1] == 0.0
+    assert np.isnan(jitter[4]) and np.isnan(jitter[5])
 
 
 def test_the_meta_test_protocol_shows_each_block_to_an_observer_without_padding():
