@@ -798,6 +798,16 @@ def test_demonstrations_need_a_grasp_family():
     env.close()
 
 
+def _sac_after_one_iteration(name: str, overrides: dict) -> Any:
+    """A grasp-lift SAC-family learner after its first training iteration (2 envs)."""
+    resolved = resolve_config(name, "grasp-lift", "quick", overrides=overrides)
+    env = make_vector_env("grasp-lift", 2, seed=0, workers=0)
+    algo = build_algorithm(resolved, env_spec(env, "grasp-lift"))
+    algo.train_iteration(env)
+    env.close()
+    return algo
+
+
 def test_sac_behaviour_cloning_pulls_the_actor_to_the_expert_where_the_q_filter_allows():
     """``bc_weight``: the actor's mean action moves towards the demonstrations' actions
     (against the same run without it), and the Q-filter clones only rows where the
@@ -809,11 +819,7 @@ def test_sac_behaviour_cloning_pulls_the_actor_to_the_expert_where_the_q_filter_
     err = {}
     for weight in (0.0, 1.0):
         overrides["algo"].update(bc_weight=weight, bc_q_filter=False)
-        resolved = resolve_config("sac-oracle", "grasp-lift", "quick", overrides=overrides)
-        env = make_vector_env("grasp-lift", 2, seed=0, workers=0)
-        algo = build_algorithm(resolved, env_spec(env, "grasp-lift"))
-        algo.train_iteration(env)
-        env.close()
+        algo = _sac_after_one_iteration("sac-oracle", overrides)
         metrics = algo.update(300)
         x = algo.norm(torch.as_tensor(algo.demos.data["obs"]))
         with torch.no_grad():
@@ -849,11 +855,7 @@ def test_sac_smoothness_makes_the_mean_action_change_less_between_consecutive_st
     gaps = {}
     for weight in (0.0, 0.5):
         overrides["algo"]["smooth_weight"] = weight
-        resolved = resolve_config("sac", "grasp-lift", "quick", overrides=overrides)
-        env = make_vector_env("grasp-lift", 2, seed=0, workers=0)
-        algo = build_algorithm(resolved, env_spec(env, "grasp-lift"))
-        algo.train_iteration(env)
-        env.close()
+        algo = _sac_after_one_iteration("sac", overrides)
         metrics = algo.update(200)
         n = algo.replay.size
         x = algo.norm(torch.as_tensor(algo.replay.data["obs"][:n]))
