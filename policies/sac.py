@@ -97,7 +97,8 @@ class SACConfig:
     action changing 4x as much per step as the objects held to the end (0.20 against
     0.05 mean absolute change). With 0.02 (two seeds of both grip lines) their drops on
     ``test`` halved, the oracle line rose from 0.807 to 0.911 and gap closure from 0.58
-    to 0.73 (docs/BENCHMARKS.md); not yet in the presets."""
+    to 0.73 (on ``val`` every line rose too, but closure fell from 0.98 to 0.76;
+    docs/BENCHMARKS.md); not yet in the presets."""
     smooth_sigma: float = 0.05
     """Standard deviation of the spatial term's perturbation, in normalised input units
     (CAPS's sigma)."""
