@@ -104,7 +104,8 @@ def carry_jitter(ep: Episodes, gripper: int) -> np.ndarray:
             continue
         fell = np.flatnonzero(rise[up[0] :] < LIFT_M * 0.5)
         end = int(up[0] + fell[0]) if len(fell) else n - 1
-        arm = np.delete(ep.actions[i, up[0] : max(end, up[0] + 1) + 1], gripper, axis=-1)
+        # end > up[0]: the object is still above half the lift height at the lift step.
+        arm = np.delete(ep.actions[i, up[0] : end + 1], gripper, axis=-1)
         out[i] = float(np.abs(np.diff(arm, axis=0)).mean())
     return out
 

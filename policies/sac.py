@@ -430,17 +430,18 @@ class SAC:
             q_loss.backward()
             self.opt_q.step()
             a, logp = self.actor(x, gen=self.gen)
-            bc = None
+            xa = torch.cat([x, a], -1)
+            extra = None  # the actor's losses beside SAC's own
             if cfg.bc_weight > 0:
                 n_demo = self._n_demo(cfg.batch_size)
-                bc, kept = self._bc_loss(x[-n_demo:], b["actions"][-n_demo:], a[-n_demo:])
-                stats["bc_loss"].append(bc.item())
+                extra, kept = self._bc_loss(x[-n_demo:], b["actions"][-n_demo:], a[-n_demo:])
+                stats["bc_loss"].append(extra.item())
                 stats["bc_kept"].append(kept)
             if cfg.smooth_weight > 0:
-                smooth = self._smooth_loss(x, nx, torch.cat([x, a], -1))
+                smooth = self._smooth_loss(x, nx, xa)
                 stats["smooth_loss"].append(smooth.item())
-                bc = smooth if bc is None else bc + smooth
-            pi_loss = actor_and_temperature_step(self, torch.cat([x, a], -1), logp, alpha, extra=bc)
+                extra = smooth if extra is None else extra + smooth
+            pi_loss = actor_and_temperature_step(self, xa, logp, alpha, extra=extra)
             stats["q_loss"].append(q_loss.item())
             stats["pi_loss"].append(pi_loss.item())
             stats["alpha"].append(float(alpha))
