@@ -43,6 +43,7 @@ from metagrasp.adapt.reward import DeviceReward, RewardConfig
 from metagrasp.adapt.runtime import load_bundle
 from metagrasp.errors import MetagraspError
 from metagrasp.hardware.control_loop import LoopConfig
+from metagrasp.hardware.errors import EmergencyStopError
 from metagrasp.hardware.robot_config import virtual_arm_config
 from metagrasp.policies.evaluate import ci95
 
@@ -100,6 +101,9 @@ def _robot_run(
                     log=lambda s: None,
                 )
                 break
+            except EmergencyStopError:
+                # Ctrl-C / SIGTERM stops the benchmark; the robot was made safe already.
+                raise
             except MetagraspError as exc:
                 # An aborted episode (e.g. the deadline watchdog on this shared machine):
                 # rerun the same calibration, which resumes after the finished episodes.

@@ -183,9 +183,10 @@ class GripSearch(SAC):
             "run": {"total_env_steps": 60_000, "num_envs": 16},
             "algo": {"demo_episodes": 100, "bc_weight": 0.4},
         },
+        # smooth_weight: a steadier carry (docs/BENCHMARKS.md, issue #3, 2026-12-03).
         "grasp:default": {
             "run": {"total_env_steps": 400_000, "num_envs": 16},
-            "algo": {"demo_episodes": 1000, "bc_weight": 0.4},
+            "algo": {"demo_episodes": 1000, "bc_weight": 0.4, "smooth_weight": 0.02},
         },
     }
     privileged: ClassVar[bool] = True  # demonstrations squeeze at the privileged grip

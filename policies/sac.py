@@ -95,10 +95,11 @@ class SACConfig:
     the batch's mean ``|Q|`` as for ``bc_weight``. 0 = off. With mean actions, the grip
     lines' objects that slip out of the fingers after the lift were carried with an arm
     action changing 4x as much per step as the objects held to the end (0.20 against
-    0.05 mean absolute change). With 0.02 (two seeds of both grip lines) their drops on
-    ``test`` halved, the oracle line rose from 0.807 to 0.911 and gap closure from 0.58
-    to 0.73 (on ``val`` every line rose too, but closure fell from 0.98 to 0.76;
-    docs/BENCHMARKS.md); not yet in the presets."""
+    0.05 mean absolute change). The grip lines' ``default`` preset sets 0.02: on three
+    seeds, by the meta-test protocol, their oracle line rose from 0.797 to 0.869 on
+    ``test`` (0.763 -> 0.835 on ``hard``), the DR line from 0.496 to 0.614, the search at
+    k = 3 from 0.729 to 0.812; gap closure 0.78 on ``test`` either way, 0.75 -> 0.81 on
+    ``hard`` (docs/BENCHMARKS.md, issue #3, 2026-12-03)."""
     smooth_sigma: float = 0.05
     """Standard deviation of the spatial term's perturbation, in normalised input units
     (CAPS's sigma)."""

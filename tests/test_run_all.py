@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -303,3 +304,48 @@ def test_the_meta_test_protocol_shows_each_block_to_an_observer_without_padding(
                     episode_observer=lambda k, ep: seen.append((k, len(ep.success))))  # fmt: skip
     assert sum(m for k, m in seen if k == 0) == sum(m for k, m in seen if k == 1) == tasks
     assert res["success"].shape == (1, tasks, 2)
+
+
+@pytest.mark.parametrize("stop", [False, True])
+def test_the_calibration_benchmark_resumes_an_aborted_episode_but_not_an_emergency_stop(
+    tmp_path, monkeypatch, stop
+):
+    """benchmarks/calibration.py reruns a calibration whose episode aborted (a watchdog
+    on a busy machine), but Ctrl-C / SIGTERM (an e-stop) ends it at once, robot stopped."""
+    import metagrasp.sim.virtual_robot as virtual_robot
+    from metagrasp.hardware.errors import EmergencyStopError, WatchdogError
+
+    cal = _benchmark_module("calibration")
+    stopped: list[bool] = []
+
+    class Robot:  # the virtual robot's lifecycle only; the calibration is replaced below
+        robot = path = pose_address = None
+
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def start(self):
+            return self
+
+        def stop(self):
+            stopped.append(True)
+
+        def answer(self, *args):
+            return None
+
+    calls: list[int] = []
+
+    def calibrate(*args, **kwargs):  # every episode aborts
+        calls.append(1)
+        raise EmergencyStopError("stop") if stop else WatchdogError("late cycle")
+
+    bundle = SimpleNamespace(graphs={"policy": SimpleNamespace(inputs=["obs", "grip"])})
+    monkeypatch.setattr(virtual_robot, "VirtualRobot", Robot)
+    monkeypatch.setattr(cal, "calibrate", calibrate)
+    monkeypatch.setattr(cal, "load_bundle", lambda path: bundle)
+    monkeypatch.setattr(cal, "virtual_arm_config", lambda bus: None)
+    task = SimpleNamespace(task_id="t", crush_limit=5.0)
+    with pytest.raises(EmergencyStopError if stop else WatchdogError):
+        cal._robot_run("b.onnx", task, 3, cal.LoopConfig(), tmp_path)
+    # An e-stop is not retried; aborted episodes are, five times, then the error stands.
+    assert len(calls) == (1 if stop else 6) and stopped == [True]
