@@ -447,6 +447,8 @@ def calibrate(
             "lifted": bool(dev["success"]) and not dev["crushed"],
             "crushed": bool(dev["crushed"]),
             "gripped": dev["grip_peak_n"] > 0,
+            # keep_raised: the grip carried the object to the lift height at some step.
+            "raised": dev["max_height_m"] >= config.reward.lift_height,
         }
 
     def run_one(session: Any, phase: str, k: int, index: int) -> dict[str, Any]:

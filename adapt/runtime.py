@@ -417,10 +417,11 @@ class PolicyBundle:
 
     def _grip_search(self, state: State | None, episodes: list[dict[str, Any]]) -> State:
         """The ``grip_search`` adaptation: the next squeeze per member from each episode's
-        outcome flags (``lifted``, ``crushed`` and, with ``retry_misses``, ``gripped``),
+        outcome flags (``lifted``, ``crushed`` and, with ``retry_misses``, ``gripped``;
+        with ``keep_raised``, ``raised``: the object got to the lift height),
         replayed from the start grip (:func:`metagrasp.grip_search.next_grip`; the grips
         tried are a function of the outcomes, so only these are needed)."""
-        fields = self.adaptation["episode_fields"]
+        fields = list(self.adaptation["episode_fields"])
         flags = []
         for i, ep in enumerate(episodes):
             missing = [k for k in fields if k not in ep]
@@ -441,25 +442,32 @@ class PolicyBundle:
             raise BundleInputError("every episode must have the same number of members")
         s = self.adaptation["settings"]
         start, lo, hi = float(s["start_n"]), float(s["low_n"]), float(s["high_n"])
-        retry_drops = bool(s.get("retry_drops", False))  # absent in bundles before 2026-12-02
+        kw = {
+            "retry_drops": bool(s.get("retry_drops", False)),  # absent before 2026-12-02
+            "keep_raised": int(s.get("keep_raised", 0)),  # absent before 2026-12-03
+        }
+        # The rules read (lifted, crushed[, gripped]); ``raised`` goes beside them.
+        at = fields.index("raised") if "raised" in fields else None
         if s.get("rule", "bisect") == "prior":
             windows = np.asarray(s["windows"], np.float64)
             fail = float(s["fail_rate"])
 
-            def rule(tried: list) -> float:
-                return next_grip_prior(tried, windows, start, lo, hi, fail, retry_drops=retry_drops)
+            def rule(tried: list, raised: list) -> float:
+                return next_grip_prior(tried, windows, start, lo, hi, fail, raised=raised, **kw)
         else:
 
-            def rule(tried: list) -> float:
-                return next_grip(tried, start, lo, hi, retry_drops)
+            def rule(tried: list, raised: list) -> float:
+                return next_grip(tried, start, lo, hi, raised=raised, **kw)
 
         grips = np.empty(members)
         for m in range(members):
             tried: list[tuple[Any, ...]] = []
+            raised: list[bool] = []
             grip = start
             for row in flags:
-                tried.append((grip, *(bool(f[m]) for f in row)))
-                grip = rule(tried)
+                tried.append((grip, *(bool(f[m]) for j, f in enumerate(row) if j != at)))
+                raised.append(at is not None and bool(row[at][m]))
+                grip = rule(tried, raised)
             grips[m] = grip
         new = dict(state if state is not None else self.init_state(members))
         new["grip"] = grips.reshape(members, 1).astype(np.float32)

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 from provenance import stamp
 
+from metagrasp.actions import OBS_NAMES
 from metagrasp.adapt.calibrate import CalibrateConfig, CalibrationPolicy, calibrate
 from metagrasp.adapt.reward import DeviceReward, RewardConfig
 from metagrasp.adapt.runtime import load_bundle
@@ -48,6 +49,7 @@ from metagrasp.hardware.robot_config import virtual_arm_config
 from metagrasp.policies.evaluate import ci95
 
 KS = (0, 1, 3, 5)
+_OBJ_Z = OBS_NAMES.index("obj_z")
 
 
 def _tasks(split: str, n: int) -> list[Any]:
@@ -182,7 +184,9 @@ def _sim_run(
             obs, done, success = nxt, term or trunc, info["success"]
             crushed, gripped = crushed or info["crushed"], gripped or info["grip_force"] > 0
         history.append({key: np.asarray(v, np.float32) for key, v in ep.items()})
-        history[-1].update(lifted=bool(success), crushed=crushed, gripped=gripped)
+        rise = float(np.max(np.asarray(ep["next_obs"])[:, _OBJ_Z]) - ep["obs"][0][_OBJ_Z])
+        raised = rise >= RewardConfig().lift_height
+        history[-1].update(lifted=bool(success), crushed=crushed, gripped=gripped, raised=raised)
         out[k] = float(success)
         out[("ret", k)] = ret
     env.close()
@@ -205,6 +209,7 @@ def _adapt_time(path: str, calls: int) -> dict[str, float]:
             "lifted": False,
             "crushed": False,
             "gripped": True,
+            "raised": False,
         }
         for _ in range(3)
     ]

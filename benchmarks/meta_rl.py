@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import sys
 import time
@@ -126,14 +127,27 @@ def split_line(line: str) -> tuple[str, dict[str, Any]]:
 
 def _as_json(config: Any) -> dict[str, Any]:
     """A dataclass config, defaults included, as JSON reads it back (how caches compare)."""
-    import dataclasses
-
     return json.loads(json.dumps(dataclasses.asdict(config), default=str))
 
 
 def _acting_config(algo: Any) -> dict[str, Any]:
     """The algorithm's whole config."""
     return _as_json(algo.config)
+
+
+ADDED_FIELDS: dict[str, Any] = {"keep_raised": 0}
+"""Acting-config fields added after evaluations were cached, with the value the code
+before them acted as: a cache without the field matches only a config at that value."""
+
+
+def _same_config(cached: dict[str, Any] | None, algo: Any) -> bool:
+    """Whether a cached evaluation's config is ``algo``'s acting one (see
+    :data:`ADDED_FIELDS` for caches older than a field)."""
+    now = _acting_config(algo)
+    if cached is None or set(cached) - set(now):
+        return False  # (a field since removed: the code that wrote the cache is gone)
+    missing = object()
+    return all(cached.get(k, ADDED_FIELDS.get(k, missing)) == v for k, v in now.items())
 
 
 def _device_judge() -> dict[str, Any]:
@@ -165,7 +179,7 @@ def evaluate(run: Path, split: str, args: argparse.Namespace, line: str = "") ->
         if (
             cached["episodes_per_task"] == args.episodes_per_task
             and cached["seeds"] == list(args.eval_seeds)
-            and cached.get("algo_config") == _acting_config(algo)
+            and _same_config(cached.get("algo_config"), algo)
             and cached.get("family_version") == FAMILY_VERSION
             and cached.get("search_version") == SEARCH_VERSION
             and cached.get("device_judge") == _device_judge()

@@ -23,12 +23,47 @@ Outcome = tuple[float, bool, bool] | tuple[float, bool, bool, bool]
 (both pads squeezed the object at some point) is optional."""
 
 
+def fold_raised(
+    outcomes: Sequence[Outcome], raised: Sequence[bool] | None, keep_raised: int
+) -> list[Outcome]:
+    """``outcomes`` with the drops blamed on the carry counted as lifts (``keep_raised``).
+
+    An episode that raised the object to the lift height (``raised[i]``) and then lost it
+    uncrushed had a grip that carried the object's weight: the carry failed, not the force,
+    and read as a drop it sends the search to a stronger grip, which may crush a fragile
+    object. Up to ``keep_raised`` such episodes at one grip count as lifts (the grip is kept);
+    one more at that grip is a drop, since a grip that keeps letting the object slip on the
+    way is too weak after all. ``keep_raised`` 0 returns the outcomes unchanged.
+
+    Raises:
+        ValueError: ``keep_raised`` is negative, or ``raised`` does not give one flag per
+            outcome while ``keep_raised`` > 0.
+    """
+    if keep_raised < 0:
+        raise ValueError(f"keep_raised must be >= 0, got {keep_raised}")
+    if keep_raised == 0:
+        return list(outcomes)
+    if raised is None or len(raised) != len(outcomes):
+        raise ValueError(f"keep_raised needs one raised flag per outcome, got {raised!r}")
+    kept: dict[float, int] = {}
+    out: list[Outcome] = []
+    for outcome, up in zip(outcomes, raised, strict=True):
+        force, lifted, crushed, *rest = outcome
+        if up and not lifted and not crushed and kept.get(force, 0) < keep_raised:
+            kept[force] = kept.get(force, 0) + 1
+            outcome = (force, True, crushed, *rest)
+        out.append(outcome)
+    return out
+
+
 def next_grip(
     outcomes: Sequence[Outcome],
     start: float,
     lo: float,
     hi: float,
     retry_drops: bool = False,
+    raised: Sequence[bool] | None = None,
+    keep_raised: int = 0,
 ) -> float:
     """The grip (N) to try after ``outcomes`` (oldest first) on one object.
 
@@ -46,11 +81,16 @@ def next_grip(
     and without it such a drop sends the search to a stronger grip, which crushes a
     fragile object. A crush still counts after a lift.
 
+    With ``keep_raised`` > 0 and each episode's ``raised`` flag, drops after the object got
+    to the lift height count as lifts first (:func:`fold_raised`).
+
     Raises:
-        ValueError: the range is empty or ``start`` lies outside it.
+        ValueError: the range is empty or ``start`` lies outside it; ``raised`` as
+            :func:`fold_raised` needs it.
     """
     if not 0 < lo < hi or not lo <= start <= hi:
         raise ValueError(f"grip search needs 0 < lo <= start <= hi, got {lo}, {start}, {hi}")
+    outcomes = fold_raised(outcomes, raised, keep_raised)
     grip, weakest_lift = start, math.inf
     for force, lifted, crushed, *gripped in outcomes:
         if lifted:
@@ -81,6 +121,8 @@ def next_grip_prior(
     fail_rate: float = 0.25,
     grid_points: int = 121,
     retry_drops: bool = False,
+    raised: Sequence[bool] | None = None,
+    keep_raised: int = 0,
 ) -> float:
     """The grip (N) most likely to lift the object after ``outcomes``, under a prior of
     grip windows learned from training objects (a Bayesian version of :func:`next_grip`).
@@ -92,11 +134,13 @@ def next_grip_prior(
     fail anyway); a miss (``gripped`` False) says nothing. The next grip maximises the
     weighted share of windows that contain it, on a log grid over ``[lo, hi]``; among equal
     maxima, the middle one. After a lift, and if no window fits the outcomes,
-    :func:`next_grip` decides (with ``retry_drops`` passed on).
+    :func:`next_grip` decides (with ``retry_drops`` passed on). ``raised`` and
+    ``keep_raised`` as in :func:`next_grip`.
 
     Raises:
         ValueError: as :func:`next_grip`, or ``windows`` is not ``(n, 2)`` with n > 0.
     """
+    outcomes = fold_raised(outcomes, raised, keep_raised)
     fallback = next_grip(outcomes, start, lo, hi, retry_drops)
     w_lo, w_hi = _windows(windows)
     # Misses say nothing about the force (the same grip again, as next_grip does).

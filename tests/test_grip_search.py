@@ -43,11 +43,14 @@ def tiny(seed: int = 0, **algo) -> tuple:
 def outcomes(
     success: list[bool], crushed: list[bool] | None, gripped: list[bool] | None = None
 ) -> Episodes:
-    """An episode block that carries only the outcomes the search reads."""
+    """An episode block that carries only the outcomes the search reads (one step, the
+    object where it started: never raised)."""
+    from metagrasp.actions import OBS_NAMES
+
     n = len(success)
-    z = np.zeros((n, 1, 1), np.float32)
+    z, a = np.zeros((n, 1, len(OBS_NAMES)), np.float32), np.zeros((n, 1, 6), np.float32)
     return Episodes(
-        z, z, z[..., 0], z, z[..., 0], z[..., 0] + 1, np.zeros((n, 11), np.float32),
+        z, a, z[..., 0], z, z[..., 0], z[..., 0] + 1, np.zeros((n, 11), np.float32),
         np.array(success), crushed=None if crushed is None else np.array(crushed),
         gripped=np.ones(n, bool) if gripped is None else np.array(gripped),
     )  # fmt: skip
@@ -116,8 +119,9 @@ def test_judge_device_searches_on_what_the_robot_sees_not_the_sims_flags():
         np.array([False, True]), crushed=np.array([True, False]), gripped=np.ones(2, bool),
     )  # fmt: skip
     _, algo, _ = tiny(judge="device")
-    lifted, crushed = algo._judge(block)
+    lifted, crushed, raised = algo._judge(block)
     assert lifted.tolist() == [False, True] and crushed.tolist() == [True, False]
+    assert raised.tolist() == [True, True]  # both went 5 cm up (the first one crushed)
     # The sim's flags say the same here, so both judges search alike; a blind device
     # would have called the crushed lift a success and kept 4 N.
     state = algo.adapt(algo.init_state(2), [block])
@@ -227,7 +231,10 @@ def test_cli_trains_evaluates_and_exports_a_bundle_that_searches_the_grip(tmp_pa
     env, algo, _ = tiny()
     env.close()
     flags = [([False, True], [True, False]), ([False, False], [False, False])]
-    eps = [{"lifted": np.array(lf), "crushed": np.array(cr)} for lf, cr in flags]
+    eps = [
+        {"lifted": np.array(lf), "crushed": np.array(cr), "raised": np.zeros(2, bool)}
+        for lf, cr in flags
+    ]
     state = algo.init_state(2)
     for i in range(len(flags)):
         state = algo.adapt(state, [outcomes(*f) for f in flags[: i + 1]])
@@ -264,7 +271,7 @@ def test_cli_trains_evaluates_and_exports_a_bundle_that_searches_the_grip(tmp_pa
         np.testing.assert_allclose(got, state["grip"], rtol=1e-6)
         if i == 0:  # crushed at 4 N: not the bisection's log midpoint of 0.5-4 N
             assert 1.0 < state["grip"][0] < 4.0 and state["grip"][0] != pytest.approx(2**0.5)
-    with pytest.raises(BundleInputError, match="lacks \\['crushed'\\]"):
+    with pytest.raises(BundleInputError, match="lacks \\['crushed', 'raised'\\]"):
         bundle.adapt(bundle.init_state(), [{"lifted": True}])
     with pytest.raises(BundleInputError, match="True/False"):
         bundle.adapt(bundle.init_state(), [{"lifted": 0.5, "crushed": False}])
@@ -440,14 +447,14 @@ def test_a_bundle_with_retry_misses_needs_the_gripped_flag_and_retries_a_miss(tm
     spec = algo.spec
     env.close()
     plan = algo.export_modules()
-    assert plan.adaptation["episode_fields"] == ["lifted", "crushed", "gripped"]
+    assert plan.adaptation["episode_fields"] == ["lifted", "crushed", "gripped", "raised"]
     bundle = load_bundle(write_plan(plan, spec, tmp_path / "policy.onnx"))
-    miss = {"lifted": False, "crushed": False, "gripped": False}
+    miss = {"lifted": False, "crushed": False, "gripped": False, "raised": False}
     drop = {**miss, "gripped": True}
     assert bundle.adapt(bundle.init_state(), [miss])["grip"][0, 0] == 4.0  # the same again
     assert bundle.adapt(bundle.init_state(), [drop])["grip"][0, 0] > 4.0
     with pytest.raises(BundleInputError, match="gripped"):
-        bundle.adapt(bundle.init_state(), [{"lifted": False, "crushed": False}])
+        bundle.adapt(bundle.init_state(), [{"lifted": False, "crushed": False, "raised": False}])
 
 
 def test_retry_drops_tries_a_grip_that_lifted_again_after_it_drops_the_object():
@@ -485,9 +492,84 @@ def test_a_bundle_with_retry_drops_searches_as_the_run_does(tmp_path):
     plan = algo.export_modules()
     assert plan.adaptation["settings"]["retry_drops"] is True
     bundle = load_bundle(write_plan(plan, spec, tmp_path / "policy.onnx"))
-    lift = {"lifted": True, "crushed": False}
-    drop = {"lifted": False, "crushed": False}
+    lift = {"lifted": True, "crushed": False, "raised": True}
+    drop = {"lifted": False, "crushed": False, "raised": False}
     assert bundle.adapt(bundle.init_state(), [lift, drop])["grip"][0, 0] == 4.0
     # A bundle exported before the setting existed searches as before (stronger).
     del bundle.adaptation["settings"]["retry_drops"]
     assert bundle.adapt(bundle.init_state(), [lift, drop])["grip"][0, 0] > 4.0
+
+
+def raised_block(rises_cm: list[float], success: list[bool], crushed: list[bool]) -> Episodes:
+    """Episodes whose object rises ``rises_cm`` and falls back, as the observations show
+    it (the only part of them ``keep_raised`` reads: the object's observed height)."""
+    from metagrasp.actions import OBS_NAMES
+
+    z = OBS_NAMES.index("obj_z")
+    n, t = len(rises_cm), 30
+    obs = np.zeros((n, t, len(OBS_NAMES)), np.float32)
+    profile = np.sin(np.linspace(0, np.pi, t))  # up, then down again: dropped
+    obs[:, :, z] = 0.02 + np.asarray(rises_cm)[:, None] / 100 * profile
+    nxt = np.concatenate([obs[:, 1:], obs[:, -1:]], axis=1)
+    a = np.zeros((n, t, 6), np.float32)
+    return Episodes(
+        obs, a, np.zeros((n, t), np.float32), nxt, np.zeros((n, t), np.float32),
+        np.ones((n, t), np.float32), np.zeros((n, 11), np.float32), np.array(success),
+        crushed=np.array(crushed), gripped=np.ones(n, bool),
+    )  # fmt: skip
+
+
+def test_keep_raised_keeps_a_grip_that_carried_the_object_up_before_it_fell():
+    from metagrasp.grip_search import fold_raised
+
+    args = (4.0, 0.5, 20.0)
+    fell, dropped = (4.0, False, False), (4.0, False, False)
+    # A drop after the object got 5 cm up keeps the grip, up to keep_raised times at it.
+    assert next_grip([fell], *args, raised=[True], keep_raised=1) == 4.0
+    assert next_grip([fell, fell], *args, raised=[True, True], keep_raised=1) > 4.0
+    assert next_grip([fell, fell], *args, raised=[True, True], keep_raised=2) == 4.0
+    assert next_grip([dropped], *args, raised=[False], keep_raised=1) > 4.0  # never up
+    assert next_grip([fell], *args, raised=[True]) == next_grip([fell], *args)  # off
+    crushed_up = (4.0, False, True)  # a crush is a crush, however high it went
+    assert fold_raised([crushed_up], [True], 3) == [crushed_up]
+    with pytest.raises(ValueError, match="one raised flag per outcome"):
+        fold_raised([fell], None, 1)
+    # Fell from 6 cm; crushed at 6 cm; rose 2 cm only; lifted and held to the end.
+    block = raised_block(
+        [6.0, 6.0, 2.0, 6.0], [False, False, False, True], [False, True, False, False]
+    )
+    for keep, first in ((0, math.sqrt(80.0)), (1, 4.0)):
+        env, algo, _ = tiny(keep_raised=keep)
+        env.close()
+        state = algo.adapt(algo.init_state(4), [block])
+        assert state["grip"] == pytest.approx([first, math.sqrt(2.0), math.sqrt(80.0), 4.0])
+    # The same fall twice at 4 N: the second is a drop.
+    state = algo.adapt(state, [block, block])
+    assert state["grip"][0] == pytest.approx(math.sqrt(80.0))
+    with pytest.raises(ConfigError, match="keep_raised"):
+        tiny(keep_raised=-1)
+
+
+def test_a_bundle_with_keep_raised_needs_the_raised_flag_and_searches_as_the_run_does(tmp_path):
+    from metagrasp.adapt.runtime import BundleInputError, load_bundle
+    from metagrasp.export.parity import _episode_dicts
+    from tests.bundles import write_plan
+
+    env, algo, _ = tiny(keep_raised=1)
+    spec = algo.spec
+    env.close()
+    plan = algo.export_modules()
+    assert plan.adaptation["episode_fields"] == ["lifted", "crushed", "raised"]
+    assert plan.adaptation["settings"]["keep_raised"] == 1
+    bundle = load_bundle(write_plan(plan, spec, tmp_path / "policy.onnx"))
+    block = raised_block(
+        [6.0, 6.0, 2.0, 6.0], [False, False, False, True], [False, True, False, False]
+    )
+    got = bundle.adapt(bundle.init_state(4), _episode_dicts(block))["grip"][:, 0]
+    want = algo.adapt(algo.init_state(4), [block])["grip"]
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    twice = bundle.adapt(bundle.init_state(4), _episode_dicts(block) * 2)["grip"][:, 0]
+    want = algo.adapt(algo.adapt(algo.init_state(4), [block]), [block, block])["grip"]
+    np.testing.assert_allclose(twice, want, rtol=1e-6)
+    with pytest.raises(BundleInputError, match="raised"):
+        bundle.adapt(bundle.init_state(), [{"lifted": False, "crushed": False}])

@@ -209,3 +209,24 @@ def test_judge_agreement_counts_missed_and_false_crushes_by_shape():
     assert out["false_crushes_by_shape"] == {"mesh_1": 1}
     assert out["crush_delay_median"] == {"found": 3.0, "missed": 5.0}
     assert mod.summarise([])["crush_recall"] is None
+
+
+def test_a_cache_from_before_a_new_option_matches_only_the_value_it_acted_with():
+    from dataclasses import dataclass
+    from types import SimpleNamespace
+
+    @dataclass
+    class Config:
+        lr: float = 3e-4
+        keep_raised: int = 1  # added (acting as 0 before) after the cache below
+        other: int = 0  # added, not registered in ADDED_FIELDS: such a cache is redone
+
+    bench = _bench("meta_rl")
+    assert bench.ADDED_FIELDS["keep_raised"] == 0
+    old = {"lr": 3e-4, "other": 0}
+    same = bench._same_config
+    assert same(old, SimpleNamespace(config=Config(keep_raised=0)))
+    assert not same(old, SimpleNamespace(config=Config()))  # the default since: redone
+    assert not same({"lr": 3e-4, "keep_raised": 0}, SimpleNamespace(config=Config()))
+    assert not same({**old, "gone": 1}, SimpleNamespace(config=Config(keep_raised=0)))
+    assert not same(None, SimpleNamespace(config=Config()))
