@@ -39,9 +39,11 @@ API (the contract other device code is written against)::
   bundle's episode length. Which fields are required is ``metadata["adaptation"]
   ["episode_fields"]``. Non-adapting bundles return the state unchanged.
 * ``grip_search`` bundles (sac-grip) have no adapt graph: ``adapt`` runs the grip search
-  in numpy on each episode's outcome flags ``lifted`` and ``crushed`` (True/False per
-  member; see ``metadata["adaptation"]``), and sets the state's ``grip`` (N per pad),
-  which the policy graph applies to every squeeze. No rewards, no observations.
+  in numpy on each episode's outcome flags ``lifted``, ``crushed`` and, for bundles
+  with ``keep_raised``, ``raised`` (the object got to the lift height at some step),
+  True/False per member (see ``metadata["adaptation"]``), and sets the state's ``grip``
+  (N per pad), which the policy graph applies to every squeeze. No rewards, no
+  observations.
 * ``observe(state, reward, done)`` writes the last step's reward and done flag into
   state entries named ``prev_reward`` / ``prev_done`` when the bundle has them (RL²);
   otherwise it returns the state unchanged. Call it after every step; it costs nothing.

@@ -35,8 +35,8 @@ How the planned algorithms map onto it:
   and returns ``next.history``; ``reward_free: True``.
 * sac-grip: state = ``grip`` (N per pad), read by ``policy``; no ``adapt`` graph: the
   adaptation kind ``grip_search`` is run by the runtime in numpy on the episodes'
-  ``lifted``/``crushed`` flags (``episode_fields``; the search's settings, and a prior's
-  windows, in ``settings``).
+  ``lifted``/``crushed`` (and ``raised``) flags (``episode_fields``; the search's
+  settings, and a prior's windows, in ``settings``).
 
 Every graph also gives a ``reference``: the *training-side* computation with the same
 inputs and outputs (e.g. the autograd inner loop for ``adapt``), and a ``sample`` of
