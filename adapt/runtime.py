@@ -423,7 +423,7 @@ class PolicyBundle:
         with ``keep_raised``, ``raised``: the object got to the lift height),
         replayed from the start grip (:func:`metagrasp.grip_search.next_grip`; the grips
         tried are a function of the outcomes, so only these are needed)."""
-        fields = list(self.adaptation["episode_fields"])
+        fields = self.adaptation["episode_fields"]
         flags = []
         for i, ep in enumerate(episodes):
             missing = [k for k in fields if k not in ep]

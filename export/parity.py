@@ -70,21 +70,10 @@ def _episode_dicts(ep: Any) -> list[dict[str, np.ndarray]]:
         if getattr(ep, name) is not None:
             out[name] = getattr(ep, name)
     if ep.crushed is not None:  # a grasp family: the object's rise, for keep_raised
-        out["raised"] = _raised(ep)
+        from metagrasp.policies.grip_search import raised_flags
+
+        out["raised"] = raised_flags(ep)
     return [out]
-
-
-def _raised(ep: Any) -> np.ndarray:
-    """Per member: the object got to the lift height at some step (``keep_raised``), as
-    :class:`metagrasp.policies.grip_search.GripSearch` judges it."""
-    from metagrasp.adapt.reward import DeviceReward
-
-    device, out = DeviceReward(), []
-    for i in range(len(ep.success)):
-        n = int(ep.mask[i].sum())
-        o = device.episode(ep.obs[i, :n], ep.actions[i, :n], ep.next_obs[i, :n])
-        out.append(o.max_height >= device.config.lift_height)
-    return np.array(out, bool)
 
 
 def _keep(old: Any, new: Any, valid: np.ndarray) -> Any:

@@ -159,6 +159,15 @@ and finger opening (m), the device's grasp proxy (:class:`metagrasp.adapt.reward
 _Q_GRIP, _OPENING, _LOAD = (
     OBS_NAMES.index(n) for n in ("q_gripper", "gripper_opening", "gripper_effort")
 )
+_OBJ_Z = OBS_NAMES.index("obj_z")
+
+
+def raised_flags(ep: Episodes) -> np.ndarray:
+    """Per member: the object got ``LIFT_M`` above its start at some valid step, from its
+    observed height, as the device's ``DeviceReward`` computes ``max_height`` (``keep_raised``)."""
+    z = np.asarray(ep.obs[:, :1, _OBJ_Z], np.float64)
+    rise = np.where(ep.mask > 0, np.asarray(ep.next_obs[..., _OBJ_Z], np.float64) - z, 0.0)
+    return rise.max(axis=1, initial=0.0) >= LIFT_M
 
 
 def closes_on_held_object(g: np.ndarray, obs: np.ndarray) -> np.ndarray:
@@ -391,20 +400,17 @@ class GripSearch(SAC):
 
     def _judge(self, ep: Episodes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(lifted, crushed, raised) per member of one episode: the first two as
-        ``algo.judge`` says; ``raised`` (the object got to the lift height at some step)
-        from its observed height, as the device computes it (``max_height``; read only
-        with ``keep_raised``)."""
-        if self.config.judge == "sim" and not self.config.keep_raised:
-            return ep.success, ep.crushed, np.zeros(len(ep.success), bool)
-        device = DeviceReward(RewardConfig(detect_collapse=self.config.judge == "device"))
+        ``algo.judge`` says; ``raised`` by :func:`raised_flags` (read only with
+        ``keep_raised``)."""
+        if self.config.judge == "sim":
+            return ep.success, ep.crushed, raised_flags(ep)
+        device = DeviceReward(RewardConfig(detect_collapse=True))
         out = []
         for i in range(len(ep.success)):
             n = int(ep.mask[i].sum())
             o = device.episode(ep.obs[i, :n], ep.actions[i, :n], ep.next_obs[i, :n])
             out.append((o.success and not o.crushed, o.crushed, o.max_height >= LIFT_M))
         lifted, crushed, raised = (np.array(v, bool) for v in zip(*out, strict=True))
-        if self.config.judge == "sim":
-            return ep.success, ep.crushed, raised
         return lifted, crushed, raised
 
     def _next_grip(self, outcomes: list[tuple], raised: list[bool]) -> float:

@@ -122,6 +122,9 @@ def test_judge_device_searches_on_what_the_robot_sees_not_the_sims_flags():
     lifted, crushed, raised = algo._judge(block)
     assert lifted.tolist() == [False, True] and crushed.tolist() == [True, False]
     assert raised.tolist() == [True, True]  # both went 5 cm up (the first one crushed)
+    from metagrasp.policies.grip_search import raised_flags
+
+    assert raised_flags(block).tolist() == raised.tolist()  # the sim judge's, the same
     # The sim's flags say the same here, so both judges search alike; a blind device
     # would have called the crushed lift a success and kept 4 N.
     state = algo.adapt(algo.init_state(2), [block])
