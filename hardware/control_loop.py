@@ -11,7 +11,9 @@ at a fixed rate on :func:`time.monotonic`. Each cycle::
     robot.write(command, gripper force fraction); record the step
 
 A cycle *misses its deadline* when its work ends after the next cycle's scheduled start;
-the schedule then re-anchors at the present instead of bursting to catch up. The
+the schedule then re-anchors at the present instead of bursting to catch up. A cycle whose
+servo read fails after the bus's retries is skipped (the servos keep their last goal) in
+every phase; more than ``max_bus_failures`` in a row end the run. The
 :class:`DeadlineWatchdog` thread trips when no cycle completed for ``watchdog_s``: it
 commands the robot to hold still (the bus is thread-safe) and the loop stops with a
 :class:`~metagrasp.hardware.errors.WatchdogError` at its next check. Between episodes the
@@ -81,7 +83,8 @@ class LoopConfig:
     """Goal position for the ``place`` task (m)."""
     max_bus_failures: int = 2
     """Consecutive cycles whose servo read failed (after the bus's retries) that are
-    skipped before the episode is aborted; faults retrying cannot fix abort at once."""
+    skipped, parking and settling included, before the run is aborted; faults retrying
+    cannot fix abort at once."""
     realtime_priority: int = 0
     """If > 0, run the loop's process under SCHED_FIFO at this priority (Linux; needs
     root or CAP_SYS_NICE, else a note is logged and the loop runs at normal priority)."""
@@ -211,8 +214,10 @@ class ControlLoop:
         self.watchdog = DeadlineWatchdog(config.watchdog_s, self._on_watchdog)
         self.realtime_note = ""
         self.skipped_cycles = 0
-        """Cycles of the current episode skipped after a failed servo read."""
+        """Cycles skipped after a failed servo read since the current episode was prepared
+        (its parking and settling included)."""
         self._next = 0.0
+        self._bus_failures = 0
 
     # ------------------------------------------------------------------------- timing
     def _wait(self) -> tuple[float, float]:
@@ -235,6 +240,37 @@ class ControlLoop:
             self._next = end  # re-anchor: never burst to catch up
             return True
         return False
+
+    def _read_or_skip(self) -> JointReading | None:
+        """This cycle's servo read, or None if its reply was lost and the cycle is skipped.
+
+        A lost or corrupted reply (after the bus's own retries) skips the cycle: the
+        servos keep their last goal, as after a late cycle. Only a run of more than
+        ``max_bus_failures`` of them, or a fault that retrying cannot fix, raises. Every
+        phase (parking, settling, the episode) tolerates the same glitch: a robot on a
+        noisy bus must not abort a run while parking when it would not while grasping.
+        """
+        try:
+            reading = self.robot.read()
+        except ProtocolError as exc:
+            self._bus_failures += 1
+            if not exc.retryable or self._bus_failures > self.config.max_bus_failures:
+                raise
+            self.skipped_cycles += 1
+            self.watchdog.beat()
+            self._advance(time.monotonic())
+            return None
+        self._bus_failures = 0
+        return reading
+
+    def _first_read(self) -> JointReading:
+        """A read outside the cycle (a phase's starting pose): same tolerance, no skipping."""
+        while True:
+            self._check()
+            reading = self._read_or_skip()
+            if reading is not None:
+                return reading
+            self._wait()
 
     def _check(self) -> None:
         if self.stop.is_set():
@@ -270,7 +306,7 @@ class ControlLoop:
     # ------------------------------------------------------------------- between episodes
     def move_to(self, pose: np.ndarray, seconds: float) -> JointReading:
         """Move smoothly to ``pose`` (sim units) in ``seconds``, through the shield."""
-        reading = self.robot.read()
+        reading = self._first_read()
         start = reading.q.copy()
         self.shield.reset(start)
         steps = max(1, int(round(seconds * self.config.rate_hz)))
@@ -280,7 +316,10 @@ class ControlLoop:
             self._check()
             s = k / steps
             s = s * s * (3.0 - 2.0 * s)  # smoothstep: no jerk at either end
-            reading = self.robot.read()
+            got = self._read_or_skip()
+            if got is None:
+                continue
+            reading = got
             command, _ = self.shield.filter(start + (goal - start) * s, reading.q)
             self.robot.write(command, 1.0)
             self.watchdog.beat()
@@ -289,13 +328,16 @@ class ControlLoop:
 
     def hold_for(self, seconds: float) -> JointReading:
         """Keep cycling without moving for ``seconds`` (feeds both watchdogs)."""
-        reading = self.robot.read()
+        reading = self._first_read()
         hold = reading.q.copy()
         self.shield.reset(hold)
         for _ in range(max(1, int(round(seconds * self.config.rate_hz)))):
             self._wait()
             self._check()
-            reading = self.robot.read()
+            got = self._read_or_skip()
+            if got is None:
+                continue
+            reading = got
             command, _ = self.shield.filter(hold, reading.q)
             self.robot.write(command)
             self.watchdog.beat()
@@ -304,6 +346,7 @@ class ControlLoop:
 
     def prepare_episode(self, index: int) -> None:
         """Park, tell the pose source an episode starts, and let the scene settle."""
+        self.skipped_cycles = 0
         if self.config.park_s > 0:
             self.move_to(np.array(self.config.park_pose), self.config.park_s)
         self.pose.mark_episode(index)  # the arm is out of the way: the scene may be reset
@@ -318,7 +361,7 @@ class ControlLoop:
         ``buffer`` then holds the steps completed so far.
         """
         robot = self.robot
-        reading = robot.read()
+        reading = self._first_read()
         pose = self.pose.read()
         self.observer.start_episode(pose)
         self.action_map.reset(reading.q)
@@ -327,25 +370,13 @@ class ControlLoop:
         prev = np.zeros(6, np.float32)
         t0 = self._next
         last_start = None
-        self.skipped_cycles = 0
-        failures = 0
         while buffer.n < self.config.episode_steps:
             due, start = self._wait()
             self._check()
-            try:
-                reading = robot.read()
-            except ProtocolError as exc:
-                # A lost or corrupted reply (after the bus's own retries): skip this cycle,
-                # the servos keep their last goal as after a late cycle. Only a run of them
-                # (or a fault that retrying cannot fix) ends the episode.
-                failures += 1
-                if not exc.retryable or failures > self.config.max_bus_failures:
-                    raise
-                self.skipped_cycles += 1
-                self.watchdog.beat()
-                self._advance(time.monotonic())
+            got = self._read_or_skip()
+            if got is None:
                 continue
-            failures = 0
+            reading = got
             t_read = time.monotonic()
             pose = self.pose.read()
             obs = self.observer.build(reading, pose, prev)
@@ -387,8 +418,7 @@ class ControlLoop:
         # One more cycle without acting: the observation the last action led to (adaptation
         # episodes need next_obs for every step).
         self._wait()
-        self._check()
-        reading = robot.read()
+        reading = self._first_read()
         robot.write(self.shield.filter(self.action_map.targets, reading.q)[0])
         buffer.arrays["next_obs"][buffer.n - 1] = self.observer.build(
             reading, self.pose.read(), prev

@@ -213,6 +213,26 @@ def test_a_brief_bus_glitch_skips_cycles_without_aborting(virtual_robot, tmp_pat
     assert load_recording(tmp_path / "rec")["episodes"][0]["steps"] == 20
 
 
+def test_a_bus_glitch_between_episodes_skips_cycles_without_aborting(virtual_robot, tmp_path):
+    # The same 45 ms glitch at the end of an episode: the closing read and the next
+    # episode's parking meet it. It once aborted a whole CI demo run while parking.
+    vr = virtual_robot("feetech")
+    steps = 10
+
+    class Glitch(SweepPolicy):
+        def act(self, obs):
+            if self.t == steps - 1:
+                vr.command("silent 2")
+                threading.Timer(0.045, vr.command, ("speak 2",)).start()
+            return super().act(obs)
+
+    s = _deploy(vr, tmp_path, policy=Glitch(PolicySpec(control_hz=RATE)), episodes=2, steps=steps)
+    assert s.error is None, s.error
+    assert [ep["status"] for ep in s.episodes] == ["ok", "ok"]
+    assert sum(ep["skipped_cycles"] for ep in s.episodes) >= 1
+    assert [e["steps"] for e in load_recording(tmp_path / "rec")["episodes"]] == [steps, steps]
+
+
 class _Stalls(SweepPolicy):
     def act(self, obs):
         if self.t == 3:
