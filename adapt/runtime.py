@@ -447,6 +447,7 @@ class PolicyBundle:
         kw = {
             "retry_drops": bool(s.get("retry_drops", False)),  # absent before 2026-12-02
             "keep_raised": int(s.get("keep_raised", 0)),  # absent before 2026-12-03
+            "raised_nudge": float(s.get("raised_nudge", 1.0)),  # absent before 2026-12-03 21:00
         }
         # The rules read (lifted, crushed[, gripped]); ``raised`` goes beside them.
         at = fields.index("raised") if "raised" in fields else None

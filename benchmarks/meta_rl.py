@@ -135,7 +135,7 @@ def _acting_config(algo: Any) -> dict[str, Any]:
     return _as_json(algo.config)
 
 
-ADDED_FIELDS: dict[str, Any] = {"keep_raised": 0}
+ADDED_FIELDS: dict[str, Any] = {"keep_raised": 0, "raised_nudge": 1.0}
 """Acting-config fields added after evaluations were cached, with the value the code
 before them acted as: a cache without the field matches only a config at that value."""
 

@@ -39,21 +39,31 @@ def fold_raised(
         ValueError: ``keep_raised`` is negative, or ``raised`` does not give one flag per
             outcome while ``keep_raised`` > 0.
     """
+    return _fold(outcomes, raised, keep_raised)[0]
+
+
+def _fold(
+    outcomes: Sequence[Outcome], raised: Sequence[bool] | None, keep_raised: int
+) -> tuple[list[Outcome], list[bool]]:
+    """:func:`fold_raised`'s outcomes and, per outcome, whether it was folded."""
     if keep_raised < 0:
         raise ValueError(f"keep_raised must be >= 0, got {keep_raised}")
     if keep_raised == 0:
-        return list(outcomes)
+        return list(outcomes), [False] * len(outcomes)
     if raised is None or len(raised) != len(outcomes):
         raise ValueError(f"keep_raised needs one raised flag per outcome, got {raised!r}")
     kept: dict[float, int] = {}
     out: list[Outcome] = []
+    folded: list[bool] = []
     for outcome, up in zip(outcomes, raised, strict=True):
         force, lifted, crushed, *rest = outcome
-        if up and not lifted and not crushed and kept.get(force, 0) < keep_raised:
+        fold = bool(up and not lifted and not crushed and kept.get(force, 0) < keep_raised)
+        if fold:
             kept[force] = kept.get(force, 0) + 1
             outcome = (force, True, crushed, *rest)
         out.append(outcome)
-    return out
+        folded.append(fold)
+    return out, folded
 
 
 def next_grip(
@@ -64,6 +74,7 @@ def next_grip(
     retry_drops: bool = False,
     raised: Sequence[bool] | None = None,
     keep_raised: int = 0,
+    raised_nudge: float = 1.0,
 ) -> float:
     """The grip (N) to try after ``outcomes`` (oldest first) on one object.
 
@@ -82,22 +93,30 @@ def next_grip(
     fragile object. A crush still counts after a lift.
 
     With ``keep_raised`` > 0 and each episode's ``raised`` flag, drops after the object got
-    to the lift height count as lifts first (:func:`fold_raised`).
+    to the lift height count as lifts first (:func:`fold_raised`). With ``raised_nudge`` > 1
+    such a drop is not quite a lift: the next grip is that much firmer (at most the log
+    midpoint up to the weakest grip that crushed), and a crush there returns to the grip
+    that carried the object.
 
     Raises:
         ValueError: the range is empty or ``start`` lies outside it; ``raised`` as
-            :func:`fold_raised` needs it.
+            :func:`fold_raised` needs it; ``raised_nudge`` < 1.
     """
     if not 0 < lo < hi or not lo <= start <= hi:
         raise ValueError(f"grip search needs 0 < lo <= start <= hi, got {lo}, {start}, {hi}")
-    outcomes = fold_raised(outcomes, raised, keep_raised)
-    grip, weakest_lift = start, math.inf
-    for force, lifted, crushed, *gripped in outcomes:
+    if not raised_nudge >= 1.0:
+        raise ValueError(f"raised_nudge must be >= 1, got {raised_nudge}")
+    outcomes, folded = _fold(outcomes, raised, keep_raised)
+    grip, weakest_lift, carried = start, math.inf, 0.0
+    for (force, lifted, crushed, *gripped), nudge in zip(outcomes, folded, strict=True):
         if lifted:
             # Kept, but not final: until 2026-12-01 the first lift ended the search, so
             # one lift the device misjudged (a missed crush) fixed the grip for good.
             grip = float(force)
             weakest_lift = min(weakest_lift, grip)
+            if nudge and raised_nudge > 1.0 and grip < hi:
+                carried = max(carried, grip)
+                grip = min(grip * raised_nudge, math.sqrt(grip * hi))
             continue
         if gripped and not gripped[0] and not crushed:
             continue  # a miss: the same grip again
@@ -109,6 +128,8 @@ def next_grip(
         else:
             lo = max(lo, force)
         grip = math.sqrt(lo * hi) if lo < hi else float(force)
+        if crushed and lo < carried < hi:
+            grip = max(grip, carried)  # the nudge crushed it: back to the grip that carried
     return float(grip)
 
 
@@ -123,6 +144,7 @@ def next_grip_prior(
     retry_drops: bool = False,
     raised: Sequence[bool] | None = None,
     keep_raised: int = 0,
+    raised_nudge: float = 1.0,
 ) -> float:
     """The grip (N) most likely to lift the object after ``outcomes``, under a prior of
     grip windows learned from training objects (a Bayesian version of :func:`next_grip`).
@@ -134,14 +156,14 @@ def next_grip_prior(
     fail anyway); a miss (``gripped`` False) says nothing. The next grip maximises the
     weighted share of windows that contain it, on a log grid over ``[lo, hi]``; among equal
     maxima, the middle one. After a lift, and if no window fits the outcomes,
-    :func:`next_grip` decides (with ``retry_drops`` passed on). ``raised`` and
-    ``keep_raised`` as in :func:`next_grip`.
+    :func:`next_grip` decides (with ``retry_drops`` passed on). ``raised``,
+    ``keep_raised`` and ``raised_nudge`` as in :func:`next_grip`.
 
     Raises:
         ValueError: as :func:`next_grip`, or ``windows`` is not ``(n, 2)`` with n > 0.
     """
+    fallback = next_grip(outcomes, start, lo, hi, retry_drops, raised, keep_raised, raised_nudge)
     outcomes = fold_raised(outcomes, raised, keep_raised)
-    fallback = next_grip(outcomes, start, lo, hi, retry_drops)
     w_lo, w_hi = _windows(windows)
     # Misses say nothing about the force (the same grip again, as next_grip does).
     told = [o for o in outcomes if not (len(o) > 3 and not o[3] and not o[2])]

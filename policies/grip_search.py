@@ -106,6 +106,13 @@ class GripSearchConfig(SACConfig):
     that grip counts as a drop (:func:`~metagrasp.grip_search.fold_raised`). 0 = off (the
     default until 2026-12-03); 3 was chosen over 1 and 0 on ``val`` (docs/BENCHMARKS.md,
     issue #4, "a drop after the lift is the carry's")."""
+    raised_nudge: float = 1.15
+    """Meta-test, with ``keep_raised``: after such a drop the next grip is this factor
+    firmer instead of the same (at most the log midpoint up to the weakest grip that
+    crushed; a crush there returns to the grip that carried): the carry failed, and a
+    little more force carries more surely without the jump a drop's bisection makes.
+    1 = keep the grip (until 2026-12-03 21:30 UTC); 1.15 was chosen over 1 and 1.3 on
+    ``val`` (docs/BENCHMARKS.md, issue #4, "a little firmer after a carry")."""
     judge: str = "sim"
     """Meta-test: who says whether each episode lifted or crushed the object. ``sim``: the
     env's flags (privileged; an operator's answers on the robot). ``device``: the robot's
@@ -147,6 +154,8 @@ class GripSearchConfig(SACConfig):
             raise ConfigError("algo.init_from is for sac-oracle; remove it for sac-grip")
         if self.keep_raised < 0:
             raise ConfigError(f"algo.keep_raised={self.keep_raised} must be >= 0")
+        if not self.raised_nudge >= 1.0:
+            raise ConfigError(f"algo.raised_nudge={self.raised_nudge} must be >= 1")
         if self.command_jitter < 0:
             raise ConfigError(f"algo.command_jitter={self.command_jitter} must be >= 0")
 
@@ -345,6 +354,7 @@ class GripSearch(SAC):
                 "retry_misses": self.config.retry_misses,
                 "retry_drops": self.config.retry_drops,
                 "keep_raised": self.config.keep_raised,
+                "raised_nudge": self.config.raised_nudge,
                 "rule": self.config.search_rule,
             },
         }
@@ -416,7 +426,12 @@ class GripSearch(SAC):
     def _next_grip(self, outcomes: list[tuple], raised: list[bool]) -> float:
         """The configured search rule on one member's outcomes and raised flags."""
         cfg, lo, hi = self.config, GRIP_FORCE_MIN, GRIP_FORCE_MAX
-        kw = {"retry_drops": cfg.retry_drops, "raised": raised, "keep_raised": cfg.keep_raised}
+        kw = {
+            "retry_drops": cfg.retry_drops,
+            "raised": raised,
+            "keep_raised": cfg.keep_raised,
+            "raised_nudge": cfg.raised_nudge,
+        }
         if cfg.search_rule == "bisect":
             return next_grip(outcomes, cfg.start_grip_n, lo, hi, **kw)
         windows, fail = self.prior_windows(), cfg.prior_fail_rate

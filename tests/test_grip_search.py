@@ -542,7 +542,7 @@ def test_keep_raised_keeps_a_grip_that_carried_the_object_up_before_it_fell():
         [6.0, 6.0, 2.0, 6.0], [False, False, False, True], [False, True, False, False]
     )
     for keep, first in ((0, math.sqrt(80.0)), (1, 4.0)):
-        env, algo, _ = tiny(keep_raised=keep)
+        env, algo, _ = tiny(keep_raised=keep, raised_nudge=1.0)  # the nudge: its own test
         env.close()
         state = algo.adapt(algo.init_state(4), [block])
         assert state["grip"] == pytest.approx([first, math.sqrt(2.0), math.sqrt(80.0), 4.0])
@@ -551,6 +551,27 @@ def test_keep_raised_keeps_a_grip_that_carried_the_object_up_before_it_fell():
     assert state["grip"][0] == pytest.approx(math.sqrt(80.0))
     with pytest.raises(ConfigError, match="keep_raised"):
         tiny(keep_raised=-1)
+
+
+def test_raised_nudge_tries_a_little_firmer_after_a_carry_and_returns_if_that_crushes():
+    args = (4.0, 0.5, 20.0)
+    fell, crushed = (False, False), (False, True)
+    kw = {"keep_raised": 3, "raised_nudge": 1.2}
+    assert next_grip([(4.0, *fell)], *args, raised=[True], **kw) == pytest.approx(4.8)
+    # Firmer crushed it: back to the grip that carried it, not the bisection below it.
+    tried = [(4.0, *fell), (4.8, *crushed)]
+    assert next_grip(tried, *args, raised=[True, False], **kw) == pytest.approx(4.0)
+    # Carried and fell again at 4 N: at most the log midpoint up to the crushing 4.8 N.
+    tried.append((4.0, *fell))
+    got = next_grip(tried, *args, raised=[True, False, True], **kw)
+    assert got == pytest.approx(math.sqrt(4.0 * 4.8))
+    # A drop that never raised it, or nudge 1: as keep_raised alone.
+    assert next_grip([(4.0, *fell)], *args, raised=[False], **kw) == pytest.approx(math.sqrt(80))
+    assert next_grip([(4.0, *fell)], *args, raised=[True], keep_raised=3) == 4.0
+    with pytest.raises(ValueError, match="raised_nudge"):
+        next_grip([], *args, raised_nudge=0.9)
+    with pytest.raises(ConfigError, match="raised_nudge"):
+        tiny(raised_nudge=0.5)
 
 
 def test_a_bundle_with_keep_raised_needs_the_raised_flag_and_searches_as_the_run_does(tmp_path):
@@ -576,3 +597,13 @@ def test_a_bundle_with_keep_raised_needs_the_raised_flag_and_searches_as_the_run
     np.testing.assert_allclose(twice, want, rtol=1e-6)
     with pytest.raises(BundleInputError, match="raised"):
         bundle.adapt(bundle.init_state(), [{"lifted": False, "crushed": False}])
+    # With raised_nudge the device nudges as the run does (and the bundle stamps it).
+    env, algo, _ = tiny(keep_raised=1, raised_nudge=1.3)
+    env.close()
+    plan = algo.export_modules()
+    assert plan.adaptation["settings"]["raised_nudge"] == 1.3
+    bundle = load_bundle(write_plan(plan, spec, tmp_path / "nudged.onnx"))
+    got = bundle.adapt(bundle.init_state(4), _episode_dicts(block))["grip"][:, 0]
+    want = algo.adapt(algo.init_state(4), [block])["grip"]
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert got[0] == pytest.approx(4.0 * 1.3, rel=1e-6)
