@@ -230,3 +230,50 @@ def test_a_cache_from_before_a_new_option_matches_only_the_value_it_acted_with()
     assert not same({"lr": 3e-4, "keep_raised": 0}, SimpleNamespace(config=Config()))
     assert not same({**old, "gone": 1}, SimpleNamespace(config=Config(keep_raised=0)))
     assert not same(None, SimpleNamespace(config=Config()))
+
+
+def _line(successes: list[float], seeds: list[int]) -> dict:
+    per_k = [
+        {"k": k, "success": s, "success_ci95": 0.05, "return": 100 * s}
+        for k, s in enumerate(successes)
+    ]
+    return {"per_k": per_k, "runs": [f"/r/x-s{s}" for s in seeds]}
+
+
+def test_reference_lines_close_the_gap_against_an_earlier_dr_line(tmp_path):
+    """closure = (k=3 - DR level) / (oracle level - DR level), the DR line read from the
+    older file; a seed mismatch between the two files is refused."""
+    old = {"task": "grasp-lift", "splits": {"test": {"dr": _line([0.5] * 4, [0, 1])}}}
+    new = {
+        "task": "grasp-lift",
+        "splits": {
+            "test": {
+                "oracle": _line([0.9, 0.9, 0.9, 0.9], [0, 1]),
+                "search": _line([0.5, 0.6, 0.7, 0.8], [0, 1]),
+            }
+        },
+    }
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new" / "results.json").write_text(json.dumps(new))
+    cmd = [
+        sys.executable,
+        str(REPO / "benchmarks" / "reference_lines.py"),
+        str(tmp_path / "new" / "results.json"),
+        "--dr-from",
+        str(tmp_path / "old.json"),
+        "--dr",
+        "dr",
+        "--oracle",
+        "oracle",
+    ]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    row = next(r for r in res.stdout.splitlines() if r.startswith("| search |"))
+    assert row.endswith("| 0.75 | 0.75 |")  # (0.8 - 0.5) / (0.9 - 0.5)
+    assert (tmp_path / "new" / "success_vs_k_test.png").stat().st_size > 0
+    assert "closure k=3" in (tmp_path / "new" / "closure.md").read_text()
+    new["splits"]["test"]["oracle"]["runs"].append("/r/x-s2")
+    (tmp_path / "new" / "results.json").write_text(json.dumps(new))
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert res.returncode != 0 and "seeds" in res.stderr

@@ -1,0 +1,87 @@
+"""Gap closure and plots against reference lines taken from an earlier ``meta_rl.py`` run.
+
+``meta_rl.py`` trains and meta-tests every line it names, the DR line included. When only
+an adapting line's acting rule changed (e.g. the grip search's settings) and its runs were
+retrained bit for bit, the DR line's runs and results are unchanged, and training them
+again only costs hours. This script takes the new ``results.json`` (written with
+``--dr`` set to the oracle line, so its closure cells are empty) and the DR line of an
+earlier ``results.json`` of the same seeds, and writes ``closure.md`` (success and return
+at every k, closure against that DR line) and ``success_vs_k_<split>.png`` beside the new
+results. The file names the source of each line.
+
+Usage::
+
+    python benchmarks/reference_lines.py NEW/results.json --dr-from OLD/results.json \\
+        --dr sac-grip-dr:squeeze_guard=true --oracle sac-grip:act_with=oracle,squeeze_guard=true
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from meta_rl import _plot  # noqa: E402
+
+
+def _seeds(line: dict) -> list[str]:
+    """The training seeds of a line's runs (``.../NAME-sN``), as their folder suffixes."""
+    return sorted(Path(r).name.rsplit("-", 1)[-1] for r in line["runs"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    from metagrasp.policies.evaluate import GAP_K, reference_level
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("results", type=Path, help="results.json of the new meta_rl.py run")
+    p.add_argument("--dr-from", type=Path, required=True, help="earlier results.json")
+    p.add_argument("--dr", required=True, help="the DR line's name in --dr-from")
+    p.add_argument("--oracle", required=True, help="the oracle line's name in RESULTS")
+    args = p.parse_args(argv)
+    new, old = (json.loads(f.read_text()) for f in (args.results, args.dr_from))
+    out = args.results.parent
+    lines = [
+        f"# Gap closure against the DR line of `{args.dr_from}`",
+        "",
+        f"Lines from `{args.results}`; DR line `{args.dr}` from `{args.dr_from}`.",
+        "",
+    ]
+    for split, res in new["splits"].items():
+        if args.dr not in old["splits"].get(split, {}):
+            raise SystemExit(f"{args.dr_from} has no line {args.dr!r} on split {split!r}")
+        dr, oracle = old["splits"][split][args.dr], res[args.oracle]
+        if _seeds(dr) != _seeds(oracle):
+            raise SystemExit(
+                f"the DR line was trained with seeds {_seeds(dr)}, the new lines with "
+                f"{_seeds(oracle)}: rerun meta_rl.py with the DR line's --seeds"
+            )
+        lo, hi = reference_level(dr), reference_level(oracle)
+        r_lo, r_hi = reference_level(dr, "return"), reference_level(oracle, "return")
+        ks = len(oracle["per_k"])
+        lines += [
+            f"## split `{split}` (DR line {lo:.3f}, oracle line {hi:.3f})",
+            "",
+            "| line | "
+            + " | ".join(f"success k={k}" for k in range(ks))
+            + " | closure k=3 (success) | closure k=3 (return) |",
+            "|---" * (ks + 3) + "|",
+        ]
+        for name, r in [(args.dr, dr), *res.items()]:
+            pk = r["per_k"]
+            gap = (pk[GAP_K]["success"] - lo) / (hi - lo)
+            gap_r = (pk[GAP_K]["return"] - r_lo) / (r_hi - r_lo)
+            cells = " | ".join(f"{row['success']:.3f} ± {row['success_ci95']:.3f}" for row in pk)
+            lines.append(f"| {name} | {cells} | {gap:.2f} | {gap_r:.2f} |")
+        lines.append("")
+        plot_args = argparse.Namespace(dr=args.dr, oracle=args.oracle, task=new["task"])
+        _plot({args.dr: dr, **res}, split, plot_args, out / f"success_vs_k_{split}.png", lo, hi)
+    (out / "closure.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
