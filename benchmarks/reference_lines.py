@@ -33,7 +33,7 @@ def _seeds(line: dict) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from metagrasp.policies.evaluate import GAP_K, reference_level
+    from metagrasp.policies.evaluate import gap_closure, reference_level
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("results", type=Path, help="results.json of the new meta_rl.py run")
@@ -53,13 +53,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.dr not in old["splits"].get(split, {}):
             raise SystemExit(f"{args.dr_from} has no line {args.dr!r} on split {split!r}")
         dr, oracle = old["splits"][split][args.dr], res[args.oracle]
-        if _seeds(dr) != _seeds(oracle):
+        if (was := _seeds(dr)) != (now := _seeds(oracle)):
             raise SystemExit(
-                f"the DR line was trained with seeds {_seeds(dr)}, the new lines with "
-                f"{_seeds(oracle)}: rerun meta_rl.py with the DR line's --seeds"
+                f"the DR line was trained with seeds {was}, the new lines with "
+                f"{now}: rerun meta_rl.py with the DR line's --seeds"
             )
         lo, hi = reference_level(dr), reference_level(oracle)
-        r_lo, r_hi = reference_level(dr, "return"), reference_level(oracle, "return")
         ks = len(oracle["per_k"])
         lines += [
             f"## split `{split}` (DR line {lo:.3f}, oracle line {hi:.3f})",
@@ -70,10 +69,10 @@ def main(argv: list[str] | None = None) -> int:
             "|---" * (ks + 3) + "|",
         ]
         for name, r in [(args.dr, dr), *res.items()]:
-            pk = r["per_k"]
-            gap = (pk[GAP_K]["success"] - lo) / (hi - lo)
-            gap_r = (pk[GAP_K]["return"] - r_lo) / (r_hi - r_lo)
-            cells = " | ".join(f"{row['success']:.3f} ± {row['success_ci95']:.3f}" for row in pk)
+            gap, gap_r = (gap_closure(r, dr, oracle, m) for m in ("success", "return"))
+            cells = " | ".join(
+                f"{row['success']:.3f} ± {row['success_ci95']:.3f}" for row in r["per_k"]
+            )
             lines.append(f"| {name} | {cells} | {gap:.2f} | {gap_r:.2f} |")
         lines.append("")
         plot_args = argparse.Namespace(dr=args.dr, oracle=args.oracle, task=new["task"])
