@@ -9,10 +9,15 @@ earlier ``results.json`` of the same seeds, and writes ``closure.md`` (success a
 at every k, closure against that DR line) and ``success_vs_k_<split>.png`` beside the new
 results. The file names the source of each line.
 
+``--oracle-from`` takes the oracle line from a third ``results.json`` as well, for an
+oracle reference trained with other settings than the adapting line (any policy given the
+privileged task parameters is an oracle); without it the oracle line is one of RESULTS.
+
 Usage::
 
     python benchmarks/reference_lines.py NEW/results.json --dr-from OLD/results.json \\
-        --dr sac-grip-dr:squeeze_guard=true --oracle sac-grip:act_with=oracle,squeeze_guard=true
+        --dr sac-grip-dr:squeeze_guard=true --oracle sac-grip:act_with=oracle,squeeze_guard=true \\
+        [--oracle-from ORACLE/results.json]
 """
 
 from __future__ import annotations
@@ -39,25 +44,43 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("results", type=Path, help="results.json of the new meta_rl.py run")
     p.add_argument("--dr-from", type=Path, required=True, help="earlier results.json")
     p.add_argument("--dr", required=True, help="the DR line's name in --dr-from")
-    p.add_argument("--oracle", required=True, help="the oracle line's name in RESULTS")
+    p.add_argument(
+        "--oracle", required=True, help="the oracle line's name in RESULTS (or --oracle-from)"
+    )
+    p.add_argument("--oracle-from", type=Path, help="results.json holding the oracle line")
     args = p.parse_args(argv)
     new, old = (json.loads(f.read_text()) for f in (args.results, args.dr_from))
+    src = json.loads(args.oracle_from.read_text()) if args.oracle_from else new
     out = args.results.parent
     lines = [
         f"# Gap closure against the DR line of `{args.dr_from}`",
         "",
-        f"Lines from `{args.results}`; DR line `{args.dr}` from `{args.dr_from}`.",
+        f"Lines from `{args.results}`; DR line `{args.dr}` from `{args.dr_from}`"
+        + (
+            f"; oracle line `{args.oracle}` from `{args.oracle_from}`." if args.oracle_from else "."
+        ),
         "",
     ]
     for split, res in new["splits"].items():
-        if args.dr not in old["splits"].get(split, {}):
-            raise SystemExit(f"{args.dr_from} has no line {args.dr!r} on split {split!r}")
-        dr, oracle = old["splits"][split][args.dr], res[args.oracle]
-        if (was := _seeds(dr)) != (now := _seeds(oracle)):
-            raise SystemExit(
-                f"the DR line was trained with seeds {was}, the new lines with "
-                f"{now}: rerun meta_rl.py with the DR line's --seeds"
-            )
+        for name, data, path in (
+            (args.dr, old, args.dr_from),
+            (args.oracle, src, args.oracle_from),
+        ):
+            if name not in data["splits"].get(split, {}):
+                raise SystemExit(f"{path or args.results} has no line {name!r} on split {split!r}")
+        dr, oracle = old["splits"][split][args.dr], src["splits"][split][args.oracle]
+        now = sorted({s for r in res.values() for s in _seeds(r)})
+        for ref, name in ((dr, "DR"), (oracle, "oracle")):
+            if (was := _seeds(ref)) != now:
+                raise SystemExit(
+                    f"the {name} line was trained with seeds {was}, the new lines with "
+                    f"{now}: rerun meta_rl.py with the {name} line's --seeds"
+                )
+        # An oracle from another file gets its own label: RESULTS may hold a line of the
+        # same name (the adapting runs' own oracle line), which stays an ordinary line.
+        key = f"{args.oracle} from {args.oracle_from}" if args.oracle_from else args.oracle
+        if args.oracle_from:
+            res = {key: oracle, **res}
         lo, hi = reference_level(dr), reference_level(oracle)
         ks = len(oracle["per_k"])
         lines += [
@@ -75,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             lines.append(f"| {name} | {cells} | {gap:.2f} | {gap_r:.2f} |")
         lines.append("")
-        plot_args = argparse.Namespace(dr=args.dr, oracle=args.oracle, task=new["task"])
+        plot_args = argparse.Namespace(dr=args.dr, oracle=key, task=new["task"])
         _plot({args.dr: dr, **res}, split, plot_args, out / f"success_vs_k_{split}.png", lo, hi)
     (out / "closure.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

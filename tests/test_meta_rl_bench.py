@@ -277,3 +277,46 @@ def test_reference_lines_close_the_gap_against_an_earlier_dr_line(tmp_path):
     (tmp_path / "new" / "results.json").write_text(json.dumps(new))
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert res.returncode != 0 and "seeds" in res.stderr
+
+
+def test_reference_lines_take_the_oracle_from_a_third_file(tmp_path):
+    """--oracle-from: the closure is against that file's oracle line, which is listed under
+    its own label beside a same-named line of RESULTS; its seeds are checked too."""
+    old = {"task": "grasp-lift", "splits": {"test": {"dr": _line([0.5] * 4, [0, 1])}}}
+    new = {
+        "task": "grasp-lift",
+        "splits": {
+            "test": {
+                "oracle": _line([0.8] * 4, [0, 1]),
+                "search": _line([0.5, 0.6, 0.7, 0.8], [0, 1]),
+            }
+        },
+    }
+    strong = {"task": "grasp-lift", "splits": {"test": {"oracle": _line([1.0] * 4, [0, 1])}}}
+    for name, data in (("old", old), ("new", new), ("strong", strong)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(data))
+    cmd = [
+        sys.executable,
+        str(REPO / "benchmarks" / "reference_lines.py"),
+        str(tmp_path / "new" / "results.json"),
+        "--dr-from",
+        str(tmp_path / "old" / "results.json"),
+        "--dr",
+        "dr",
+        "--oracle",
+        "oracle",
+        "--oracle-from",
+        str(tmp_path / "strong" / "results.json"),
+    ]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    rows = res.stdout.splitlines()
+    assert next(r for r in rows if r.startswith("| search |")).endswith("| 0.60 | 0.60 |")
+    assert next(r for r in rows if r.startswith("| oracle |")).endswith("| 0.60 | 0.60 |")
+    assert any(r.startswith("| oracle from ") and r.endswith("| 1.00 | 1.00 |") for r in rows)
+    assert "oracle line 1.000" in res.stdout
+    strong["splits"]["test"]["oracle"]["runs"].append("/r/x-s2")
+    (tmp_path / "strong" / "results.json").write_text(json.dumps(strong))
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert res.returncode != 0 and "oracle line was trained with seeds" in res.stderr
