@@ -7,7 +7,7 @@ again only costs hours. This script takes the new ``results.json`` (written with
 ``--dr`` set to the oracle line, so its closure cells are empty) and the DR line of an
 earlier ``results.json`` of the same seeds, and writes ``closure.md`` (success and return
 at every k, closure against that DR line) and ``success_vs_k_<split>.png`` beside the new
-results. The file names the source of each line.
+results (or in ``--out``). The file names the source of each line.
 
 ``--oracle-from`` takes the oracle line from a third ``results.json`` as well, for an
 oracle reference trained with other settings than the adapting line (any policy given the
@@ -48,10 +48,12 @@ def main(argv: list[str] | None = None) -> int:
         "--oracle", required=True, help="the oracle line's name in RESULTS (or --oracle-from)"
     )
     p.add_argument("--oracle-from", type=Path, help="results.json holding the oracle line")
+    p.add_argument("--out", type=Path, help="folder for closure.md and plots (default: RESULTS')")
     args = p.parse_args(argv)
     new, old = (json.loads(f.read_text()) for f in (args.results, args.dr_from))
     src = json.loads(args.oracle_from.read_text()) if args.oracle_from else new
-    out = args.results.parent
+    out = args.out or args.results.parent
+    out.mkdir(parents=True, exist_ok=True)
     lines = [
         f"# Gap closure against the DR line of `{args.dr_from}`",
         "",
@@ -91,15 +93,17 @@ def main(argv: list[str] | None = None) -> int:
             + " | closure k=3 (success) | closure k=3 (return) |",
             "|---" * (ks + 3) + "|",
         ]
-        for name, r in [(args.dr, dr), *res.items()]:
+        # RESULTS may hold the DR line too (same runs, or not): the one used is labelled.
+        dr_key = f"{args.dr} from {args.dr_from}" if args.dr in res else args.dr
+        for name, r in [(dr_key, dr), *res.items()]:
             gap, gap_r = (gap_closure(r, dr, oracle, m) for m in ("success", "return"))
             cells = " | ".join(
                 f"{row['success']:.3f} ± {row['success_ci95']:.3f}" for row in r["per_k"]
             )
             lines.append(f"| {name} | {cells} | {gap:.2f} | {gap_r:.2f} |")
         lines.append("")
-        plot_args = argparse.Namespace(dr=args.dr, oracle=key, task=new["task"])
-        _plot({args.dr: dr, **res}, split, plot_args, out / f"success_vs_k_{split}.png", lo, hi)
+        plot_args = argparse.Namespace(dr=dr_key, oracle=key, task=new["task"])
+        _plot({dr_key: dr, **res}, split, plot_args, out / f"success_vs_k_{split}.png", lo, hi)
     (out / "closure.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -292,6 +292,7 @@ def test_reference_lines_take_the_oracle_from_a_third_file(tmp_path):
             }
         },
     }
+    new["splits"]["test"]["dr"] = _line([0.4] * 4, [0, 1])  # RESULTS' own DR line: kept apart
     strong = {"task": "grasp-lift", "splits": {"test": {"oracle": _line([1.0] * 4, [0, 1])}}}
     for name, data in (("old", old), ("new", new), ("strong", strong)):
         (tmp_path / name).mkdir()
@@ -308,13 +309,19 @@ def test_reference_lines_take_the_oracle_from_a_third_file(tmp_path):
         "oracle",
         "--oracle-from",
         str(tmp_path / "strong" / "results.json"),
+        "--out",
+        str(tmp_path / "against-strong"),
     ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
+    assert (tmp_path / "against-strong" / "closure.md").exists()
+    assert not (tmp_path / "new" / "closure.md").exists()
     rows = res.stdout.splitlines()
     assert next(r for r in rows if r.startswith("| search |")).endswith("| 0.60 | 0.60 |")
     assert next(r for r in rows if r.startswith("| oracle |")).endswith("| 0.60 | 0.60 |")
     assert any(r.startswith("| oracle from ") and r.endswith("| 1.00 | 1.00 |") for r in rows)
+    assert any(r.startswith("| dr from ") and r.endswith("| 0.00 | 0.00 |") for r in rows)
+    assert next(r for r in rows if r.startswith("| dr |")).endswith("| -0.20 | -0.20 |")
     assert "oracle line 1.000" in res.stdout
     strong["splits"]["test"]["oracle"]["runs"].append("/r/x-s2")
     (tmp_path / "strong" / "results.json").write_text(json.dumps(strong))
