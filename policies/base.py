@@ -66,6 +66,11 @@ class Algorithm(Protocol):
     Config: ClassVar[type]
     config: Any
     spec: EnvSpec
+    ORACLE_SETTINGS: ClassVar[dict[str, Any]]
+    """Optional: the meta-test settings with which a run of this algorithm acts on the
+    privileged task parameters (e.g. ``{"act_with": "teacher"}``), used when the run is
+    an eval's ``--oracle`` reference; absent or empty when the algorithm always does
+    (``ppo-oracle``) or never can."""
 
     def train_iteration(self, env: Any) -> dict[str, float]:
         """Collect, adapt and update once; metrics must include ``env_steps``."""

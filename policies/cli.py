@@ -102,14 +102,36 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate_run(run: str, args: argparse.Namespace, checkpoint: str | None) -> dict[str, Any]:
+def oracle_settings(run: str | Path) -> dict[str, Any]:
+    """The meta-test settings that make ``run`` act on the privileged task parameters
+    (its algorithm's ``ORACLE_SETTINGS``: ``sac-grip`` the privileged grip, ``rma`` its
+    teacher; none for ``ppo-oracle``/``sac-oracle``, which always do). An oracle reference
+    is the policy given those parameters, so ``eval --oracle RUN`` acts so. Empty when the
+    run's config cannot be read (loading it then raises the clear error)."""
+    from metagrasp.policies.base import ALGORITHMS, algorithm_class
+
+    try:
+        name = json.loads((Path(run) / "config.json").read_text())["run"]["algo"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    if name not in ALGORITHMS:
+        return {}
+    return dict(getattr(algorithm_class(name), "ORACLE_SETTINGS", {}))
+
+
+def _evaluate_run(
+    run: str, args: argparse.Namespace, checkpoint: str | None, oracle: bool = False
+) -> dict[str, Any]:
     from metagrasp.policies.evaluate import meta_test, summarise
     from metagrasp.policies.runner import load_trained
 
     overrides = parse_overrides(getattr(args, "set", None))
     if overrides["run"]:
         raise ConfigError("eval --set only takes algo.FIELD=VALUE (meta-test-time settings)")
-    algo, resolved, spec = load_trained(run, checkpoint, overrides.get("algo"))
+    settings = overrides.get("algo", {})
+    if oracle:  # the oracle mode wins over a --set meant for the evaluated run
+        settings = {**settings, **oracle_settings(run)}
+    algo, resolved, spec = load_trained(run, checkpoint, settings)
     k = args.episodes_per_task
     if k is None:
         k = resolved["run"]["eval_episodes_per_task"]
@@ -126,6 +148,7 @@ def _evaluate_run(run: str, args: argparse.Namespace, checkpoint: str | None) ->
     summary = summarise(raw)
     summary["algo"] = resolved["run"]["algo"]
     summary["run"] = str(run)
+    summary["settings"] = settings
     return summary
 
 
@@ -136,9 +159,10 @@ def run_eval(args: argparse.Namespace) -> int:
     refs: dict[str, dict[str, Any]] = {}
     for name, ref_run in (("DR", args.dr), ("oracle", args.oracle)):
         if ref_run:
-            refs[name] = _evaluate_run(ref_run, args, None)
+            refs[name] = _evaluate_run(ref_run, args, None, oracle=name == "oracle")
             summary[f"reference_{name.lower()}"] = {
                 "run": ref_run,
+                "settings": refs[name]["settings"],
                 "success": reference_level(refs[name]),
                 "return": reference_level(refs[name], "return"),
                 "per_k": refs[name]["per_k"],
@@ -153,7 +177,11 @@ def run_eval(args: argparse.Namespace) -> int:
     print(", ".join(f"k={r['k']} {r['success']:.2f}±{r['success_ci95']:.2f}" for r in rows))
     print("returns: " + ", ".join(f"k={r['k']} {r['return']:.2f}" for r in summary["per_k"]))
     for name in refs:
-        print(f"{name}: success {summary[f'reference_{name.lower()}']['success']:.2f}")
+        ref = summary[f"reference_{name.lower()}"]
+        acting = ", ".join(f"{k}={v}" for k, v in ref["settings"].items())
+        print(
+            f"{name}: success {ref['success']:.2f}" + (f" (acting with {acting})" if acting else "")
+        )
     if "gap_closure_k3" in summary:
         print(f"gap closure at k=3: {summary['gap_closure_k3']:.2f}")
     print(f"wrote {path} and {out / 'success_vs_k.png'}")
@@ -225,7 +253,12 @@ def add_eval_parser(sub: Any, handler: Any) -> None:
     p.add_argument("--workers", type=int, default=None, help="env worker processes")
     p.add_argument("--deterministic", action="store_true", help="act with the mean action")
     p.add_argument("--dr", default=None, help="domain-randomisation reference run")
-    p.add_argument("--oracle", default=None, help="oracle reference run")
+    p.add_argument(
+        "--oracle",
+        default=None,
+        help="oracle reference run, acting on the privileged task parameters (sac-grip "
+        "with algo.act_with=oracle, rma with its teacher)",
+    )
     p.add_argument("--out", default=None, help="output folder (default RUN/eval-SPLIT)")
     p.add_argument(
         "--set",

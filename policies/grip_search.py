@@ -220,6 +220,7 @@ class GripSearch(SAC):
         },
     }
     privileged: ClassVar[bool] = True  # demonstrations squeeze at the privileged grip
+    ORACLE_SETTINGS: ClassVar[dict[str, Any]] = {"act_with": "oracle"}
     judgement_observer: Callable[[Episodes, np.ndarray, np.ndarray], None] | None = None
     """If set, called with each episode the search reads and its ``(lifted, crushed)``
     verdicts, as :meth:`adapt` judges them (``benchmarks/judge_agreement.py`` records them
@@ -453,6 +454,7 @@ class GripSearchDR(GripSearch):
 
     name: ClassVar[str] = "sac-grip-dr"
     privileged: ClassVar[bool] = False
+    ORACLE_SETTINGS: ClassVar[dict[str, Any]] = {}  # trained at one grip: no oracle mode
 
     def _train_grips(self, task: np.ndarray) -> np.ndarray:
         return np.full(np.shape(task)[:-1], self.config.start_grip_n)

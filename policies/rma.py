@@ -194,6 +194,7 @@ class RMA(PPO):
     name: ClassVar[str] = "rma"
     Config: ClassVar[type] = RMAConfig
     privileged: ClassVar[bool] = True  # the teacher's collect/update see the task vector
+    ORACLE_SETTINGS: ClassVar[dict[str, Any]] = {"act_with": "teacher"}
     LEARNER_ONLY: ClassVar[tuple[str, ...]] = ("opt", "adapter_opt", "_replay")
     """Attributes rollout workers do not need (see :class:`~metagrasp.policies.sampler.Rollout`)."""
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {

@@ -218,6 +218,13 @@ def test_cli_trains_evaluates_and_exports_a_bundle_that_searches_the_grip(tmp_pa
     assert main(["eval", str(run), "--split", "test", "--episodes-per-task", "2"]) == 0
     res = json.loads((run / "eval-test" / "results.json").read_text())
     assert [r["k"] for r in res["per_k"]] == [0, 1, 2]
+    assert res["settings"] == {}
+    # As an --oracle reference the run acts with the privileged grip; as --dr, as trained.
+    ref = ["--dr", str(run), "--oracle", str(run), "--out", str(tmp_path / "ref")]
+    assert main(["eval", str(run), "--split", "test", "--episodes-per-task", "0", *ref]) == 0
+    res = json.loads((tmp_path / "ref" / "results.json").read_text())
+    assert res["reference_oracle"]["settings"] == {"act_with": "oracle"}
+    assert res["reference_dr"]["settings"] == {} and res["settings"] == {}
     # The export checks the graph against act_at on random inputs (grips beyond the
     # gripper's range included) and the runtime against act/adapt on 4 sim episodes.
     assert main(["export", str(run), "-o", str(tmp_path / "b" / "policy.onnx"),

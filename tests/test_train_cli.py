@@ -130,6 +130,7 @@ def test_eval_with_reference_runs_reports_gap_closure(runs, tmp_path):
     assert "gap_closure_k3" in res
     dr, oracle = res["reference_dr"], res["reference_oracle"]
     assert dr["run"] == str(runs["ppo"]) and oracle["run"] == str(runs["ppo-oracle"])
+    assert dr["settings"] == oracle["settings"] == {}  # ppo-oracle always sees the task
     assert len(dr["per_k"]) == len(oracle["per_k"]) == 4
     gap = res["gap_closure_k3"]
     if oracle["success"] - dr["success"] > 1e-9:
@@ -255,3 +256,23 @@ def test_second_train_into_an_existing_run(tmp_path, capsys):
     capsys.readouterr()
     expect_error(train_args("ppo", run), capsys, str(run), "already holds a run", "--resume")
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize(
+    ("algo", "settings"),
+    [
+        ("sac-grip", {"act_with": "oracle"}),
+        ("rma", {"act_with": "teacher"}),
+        ("ppo-oracle", {}),
+        ("sac-grip-dr", {}),
+        ("no-such-algo", {}),
+    ],
+)
+def test_an_oracle_reference_acts_on_the_privileged_parameters(tmp_path, algo, settings):
+    """eval --oracle RUN: sac-grip with the privileged grip, RMA with its teacher; an
+    unreadable or unknown run gets no settings (loading it raises the clear error)."""
+    from metagrasp.policies.cli import oracle_settings
+
+    (tmp_path / "config.json").write_text(json.dumps({"run": {"algo": algo}}))
+    assert oracle_settings(tmp_path) == settings
+    assert oracle_settings(tmp_path / "missing") == {}
