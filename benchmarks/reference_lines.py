@@ -18,6 +18,8 @@ Usage::
     python benchmarks/reference_lines.py NEW/results.json --dr-from OLD/results.json \\
         --dr sac-grip-dr:squeeze_guard=true --oracle sac-grip:act_with=oracle,squeeze_guard=true \\
         [--oracle-from ORACLE/results.json]
+
+Without ``--dr-from`` the DR line is RESULTS' own (for an oracle from another file only).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("results", type=Path, help="results.json of the new meta_rl.py run")
-    p.add_argument("--dr-from", type=Path, required=True, help="earlier results.json")
+    p.add_argument("--dr-from", type=Path, help="earlier results.json (default: RESULTS)")
     p.add_argument("--dr", required=True, help="the DR line's name in --dr-from")
     p.add_argument(
         "--oracle", required=True, help="the oracle line's name in RESULTS (or --oracle-from)"
@@ -50,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--oracle-from", type=Path, help="results.json holding the oracle line")
     p.add_argument("--out", type=Path, help="folder for closure.md and plots (default: RESULTS')")
     args = p.parse_args(argv)
+    args.dr_from = args.dr_from or args.results
     new, old = (json.loads(f.read_text()) for f in (args.results, args.dr_from))
     src = json.loads(args.oracle_from.read_text()) if args.oracle_from else new
     out = args.out or args.results.parent
@@ -94,8 +97,10 @@ def main(argv: list[str] | None = None) -> int:
             "|---" * (ks + 3) + "|",
         ]
         # RESULTS may hold the DR line too (same runs, or not): the one used is labelled.
-        dr_key = f"{args.dr} from {args.dr_from}" if args.dr in res else args.dr
-        for name, r in [(dr_key, dr), *res.items()]:
+        own = args.dr_from == args.results
+        dr_key = f"{args.dr} from {args.dr_from}" if args.dr in res and not own else args.dr
+        rows = {dr_key: dr, **{n: r for n, r in res.items() if not (own and n == args.dr)}}
+        for name, r in rows.items():
             gap, gap_r = (gap_closure(r, dr, oracle, m) for m in ("success", "return"))
             cells = " | ".join(
                 f"{row['success']:.3f} ± {row['success_ci95']:.3f}" for row in r["per_k"]
@@ -103,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             lines.append(f"| {name} | {cells} | {gap:.2f} | {gap_r:.2f} |")
         lines.append("")
         plot_args = argparse.Namespace(dr=dr_key, oracle=key, task=new["task"])
-        _plot({dr_key: dr, **res}, split, plot_args, out / f"success_vs_k_{split}.png", lo, hi)
+        _plot(rows, split, plot_args, out / f"success_vs_k_{split}.png", lo, hi)
     (out / "closure.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -149,10 +149,14 @@ def render_meta_rl(sdir: Path, rec: dict[str, Any]) -> list[Table]:
 
 def render_grasp_lift(sdir: Path, rec: dict[str, Any]) -> list[Table]:
     """The meta-test tables, then the device's verdicts against the sim's flags."""
-    agreement = "judge-agreement"
+    agreement, closure = "judge-agreement", "grasp-lift-closure"
     modes = [s["name"] for s in rec["steps"] if s["name"].startswith("failure-modes-")]
-    steps = [s for s in rec["steps"] if s["name"] != agreement and s["name"] not in modes]
+    other = {agreement, closure, *modes}
+    steps = [s for s in rec["steps"] if s["name"] not in other]
     tables = render_meta_rl(sdir, {**rec, "steps": steps})
+    path = sdir / closure / "closure.md"
+    if any(s["name"] == closure for s in rec["steps"]) and path.exists():
+        tables += _closure_tables(rec, closure, path.read_text())
     path = sdir / f"{agreement}-test.json"
     if any(s["name"] == agreement for s in rec["steps"]) and path.exists():
         tables.append(_judge_agreement_table(rec, json.loads(path.read_text())))
@@ -160,6 +164,23 @@ def render_grasp_lift(sdir: Path, rec: dict[str, Any]) -> list[Table]:
         path = sdir / f"{name}-test.json"
         if path.exists():
             tables.append(_failure_modes_table(rec, name, json.loads(path.read_text())))
+    return tables
+
+
+def _closure_tables(rec: dict[str, Any], step: str, text: str) -> list[Table]:
+    """``reference_lines.py``'s ``closure.md``: one table per split, titled by its
+    heading (the DR and oracle levels), the sources of the lines as the note."""
+    tables, title, md, note = [], "", [], ""
+    for line in [*text.splitlines(), ""]:
+        if line.startswith("Lines from"):
+            note = line
+        elif line.startswith("## "):
+            title = f"Gap closure against the oracle reference, {line[3:]}"
+        elif line.startswith("|"):
+            md.append(line)
+        elif md:
+            tables.append(_table(rec, step, title, md, note=note))
+            md = []
     return tables
 
 

@@ -93,6 +93,16 @@ GRASP_LIFT_GRIP_ARGS = [
     "--train-set", "sac-oracle:algo.demo_episodes=1000,run.total_env_steps=400000",
     "--seeds", "0", "1", "2", "--eval-seeds", "0", "1",
 ]  # fmt: skip
+# The oracle reference of the grip lines: sac-grip trained with the lower entropy target,
+# acting with the privileged grip; the closures against it come from reference_lines.py
+# (BENCHMARKS.md, update of 2026-12-07 08:33 UTC).
+GRIP_ORACLE = "sac-grip:act_with=oracle"
+GRASP_LIFT_ORACLE_ARGS = [
+    "--task", "grasp-lift", "--preset", "default",
+    "--algos", GRIP_ORACLE, "--dr", GRIP_ORACLE, "--oracle", GRIP_ORACLE,
+    "--train-set", "sac-grip:algo.target_entropy=-12",
+    "--seeds", "0", "1", "2", "--eval-seeds", "0", "1",
+]  # fmt: skip
 QUICK_TRAIN_SET = {"run.total_env_steps": "1600", "algo.demo_episodes": "2"}
 """What ``--quick`` makes of a line's own training settings (``meta_rl.py --train-set``)."""
 
@@ -219,13 +229,28 @@ def grasp_lift_steps(ctx: Context, sdir: Path) -> list[Step]:
     if ctx.quick:
         args = _swap(args, "--algos", ["ppo", "rma"])
     grip = _meta_rl_step(ctx, sdir, "grasp-lift-grip", list(GRASP_LIFT_GRIP_ARGS))
+    oracle = _meta_rl_step(ctx, sdir, "grasp-lift-oracle", list(GRASP_LIFT_ORACLE_ARGS))
     return [
         _meta_rl_step(ctx, sdir, "grasp-lift", args),
         _meta_rl_step(ctx, sdir, "grasp-lift-demos", list(GRASP_LIFT_DEMOS_ARGS)),
         grip,
+        oracle,
+        _closure_step(sdir, grip, oracle),
         _judge_agreement_step(ctx, sdir, grip),
         *_failure_modes_steps(ctx, sdir, grip),
     ]
+
+
+CLOSURE_STEP = "grasp-lift-closure"
+
+
+def _closure_step(sdir: Path, grip: Step, oracle: Step) -> Step:
+    """The grip lines' closures against the oracle reference (``reference_lines.py``,
+    from the two steps' collected results; the DR line is the grip step's own)."""
+    lines = str(sdir / grip.name / "results.json")
+    argv = [lines, "--dr", _values(grip.argv, "--dr")[0]]
+    argv += ["--oracle", GRIP_ORACLE, "--oracle-from", str(sdir / oracle.name / "results.json")]
+    return Step(CLOSURE_STEP, py("reference_lines.py", *argv, "--out", str(sdir / CLOSURE_STEP)))
 
 
 def _judge_agreement_step(ctx: Context, sdir: Path, grip: Step) -> Step:

@@ -323,6 +323,14 @@ def test_reference_lines_take_the_oracle_from_a_third_file(tmp_path):
     assert any(r.startswith("| dr from ") and r.endswith("| 0.00 | 0.00 |") for r in rows)
     assert next(r for r in rows if r.startswith("| dr |")).endswith("| -0.20 | -0.20 |")
     assert "oracle line 1.000" in res.stdout
+    # Without --dr-from the DR line is RESULTS' own, listed once.
+    own = [a for a in cmd if a not in ("--dr-from", str(tmp_path / "old" / "results.json"))]
+    res = subprocess.run(own, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    rows = [r for r in res.stdout.splitlines() if r.startswith("| dr")]
+    assert len(rows) == 1 and rows[0].startswith("| dr |")
+    search = next(r for r in res.stdout.splitlines() if r.startswith("| search |"))
+    assert search.endswith("| 0.67 | 0.67 |")  # (0.8 - 0.4) / (1.0 - 0.4)
     strong["splits"]["test"]["oracle"]["runs"].append("/r/x-s2")
     (tmp_path / "strong" / "results.json").write_text(json.dumps(strong))
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)

@@ -130,7 +130,14 @@ def test_quick_grasp_lift_step_shrinks_every_budget_of_its_lines():
     ctx = run_all.Context(**{**fields, "out": Path("/r"), "runs": Path("/r/runs"), "quick": True})
     steps = run_all.grasp_lift_steps(ctx, Path("/r/grasp-lift"))
     modes = [s for s in steps if s.name.startswith("failure-modes-")]
-    *meta_rl, agreement = steps[: len(steps) - len(modes)]
+    *meta_rl, closure, agreement = steps[: len(steps) - len(modes)]
+    # The closures read the grip and oracle steps' collected results.
+    assert closure.name == "grasp-lift-closure" and "reference_lines.py" in closure.argv[1]
+    assert "/r/grasp-lift/grasp-lift-oracle/results.json" in closure.argv
+    assert closure.argv[2] == "/r/grasp-lift/grasp-lift-grip/results.json"  # its DR line too
+    assert "--dr-from" not in closure.argv
+    oracle = next(s for s in meta_rl if s.name == "grasp-lift-oracle")
+    assert "sac-grip:algo.target_entropy=-12" in oracle.argv
     # The diagnostics read the grip step's quick runs, with its seeds.
     assert agreement.name == "judge-agreement" and "/r/runs/grasp-lift-quick/runs/sac-grip-s0" in (
         agreement.argv
@@ -144,9 +151,12 @@ def test_quick_grasp_lift_step_shrinks_every_budget_of_its_lines():
     for step in meta_rl:
         argv = step.argv
         own = [argv[i + 1] for i, a in enumerate(argv) if a == "--train-set"]
-        assert own and all(
-            o.endswith(":algo.demo_episodes=2,run.total_env_steps=1600") for o in own
-        )
+        if step.name == "grasp-lift-oracle":  # its own setting is not a budget
+            own = [o for o in own if o != "sac-grip:algo.target_entropy=-12"]
+            assert argv[argv.index("--set") + 1] == "run.total_env_steps=1600"
+        else:
+            assert own
+        assert all(o.endswith(":algo.demo_episodes=2,run.total_env_steps=1600") for o in own)
         assert argv[argv.index("--preset") + 1] == "quick"
 
 
@@ -349,3 +359,18 @@ def test_the_calibration_benchmark_resumes_an_aborted_episode_but_not_an_emergen
         cal._robot_run("b.onnx", task, 3, cal.LoopConfig(), tmp_path)
     # An e-stop is not retried; aborted episodes are, five times, then the error stands.
     assert len(calls) == (1 if stop else 6) and stopped == [True]
+
+
+def test_the_grasp_lift_report_renders_the_closures_against_the_oracle_reference(tmp_path):
+    """report_render: the committed closure.md becomes one table per split."""
+    report_render = _benchmark_module("report_render")
+    src = REPO / "docs/benchmarks/grasp-lift-grip/target-entropy-smooth/closure/closure.md"
+    (tmp_path / "grasp-lift-closure").mkdir()
+    shutil.copy(src, tmp_path / "grasp-lift-closure" / "closure.md")
+    cmd = {"name": "grasp-lift-closure", "command": "python benchmarks/reference_lines.py ..."}
+    rec = {"name": "grasp-lift", "started": "2026-12-07 00:00 UTC", "steps": [cmd]}
+    tables = report_render.render_grasp_lift(tmp_path, rec)
+    assert len(tables) == 2
+    assert "split `test`" in tables[0].title and "split `hard`" in tables[1].title
+    assert "oracle line 0.910" in tables[0].title and tables[0].note.startswith("Lines from")
+    assert "| sac-grip:squeeze_guard=true | 0.608" in tables[0].markdown
