@@ -66,6 +66,11 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "",
     ]
+    # An oracle from another file gets its own label: RESULTS may hold a line of the same
+    # name (the adapting runs' own oracle line), which stays an ordinary line. A DR line
+    # from another file likewise, when RESULTS holds one; RESULTS' own is listed once.
+    key = f"{args.oracle} from {args.oracle_from}" if args.oracle_from else args.oracle
+    own = args.dr_from == args.results
     for split, res in new["splits"].items():
         for name, data, path in (
             (args.dr, old, args.dr_from),
@@ -81,9 +86,6 @@ def main(argv: list[str] | None = None) -> int:
                     f"the {name} line was trained with seeds {was}, the new lines with "
                     f"{now}: rerun meta_rl.py with the {name} line's --seeds"
                 )
-        # An oracle from another file gets its own label: RESULTS may hold a line of the
-        # same name (the adapting runs' own oracle line), which stays an ordinary line.
-        key = f"{args.oracle} from {args.oracle_from}" if args.oracle_from else args.oracle
         if args.oracle_from:
             res = {key: oracle, **res}
         lo, hi = reference_level(dr), reference_level(oracle)
@@ -96,8 +98,6 @@ def main(argv: list[str] | None = None) -> int:
             + " | closure k=3 (success) | closure k=3 (return) |",
             "|---" * (ks + 3) + "|",
         ]
-        # RESULTS may hold the DR line too (same runs, or not): the one used is labelled.
-        own = args.dr_from == args.results
         dr_key = f"{args.dr} from {args.dr_from}" if args.dr in res and not own else args.dr
         rows = {dr_key: dr, **{n: r for n, r in res.items() if not (own and n == args.dr)}}
         for name, r in rows.items():
