@@ -71,8 +71,24 @@ class CAVIAConfig:
     """Gradient clipping norm."""
     log_std_init: float = -0.5
     """Initial log std of the Gaussian policy."""
+    demo_tasks: int = 0
+    """Guided meta-policy search (Mendonca et al. 2019, GMPS): this many ``train``
+    tasks, each with one scripted grasp at the grip its hidden parameters call for
+    (training only; grasp families). Every iteration draws its members' tasks from them,
+    and the outer loss adds ``bc_coef`` times the negative log-likelihood of each task's
+    demonstration under the *adapted* context (and ``pre_loss_coef`` times that under
+    the zero context). The meta-gradient through the inner step then teaches the inner
+    loop to move the context to where that object's expert acts, and the network the
+    motion PPO alone never found on grasp-lift. 0 = plain CAVIA."""
+    bc_coef: float = 0.1
+    """Weight of the demonstrations' negative log-likelihood (per step, summed over the
+    action's dimensions) in the outer loss; only with ``demo_tasks`` > 0."""
 
     def __post_init__(self) -> None:
+        if self.demo_tasks < 0:
+            raise ConfigError(f"algo.demo_tasks={self.demo_tasks} must be >= 0")
+        if self.bc_coef < 0:
+            raise ConfigError(f"algo.bc_coef={self.bc_coef} must be >= 0")
         if self.ctx_dim < 1:
             raise ConfigError(f"algo.ctx_dim={self.ctx_dim} must be >= 1")
         if self.inner_steps < 1:
@@ -121,6 +137,8 @@ class CAVIA:
         self.gen = torch.Generator().manual_seed(seed + 7)
         self.task_rng = np.random.default_rng(seed + 11)
         self.iteration = 0
+        self.seed = seed
+        self.demos: dict[str, Any] | None = None  # recorded at the first iteration
 
     # --- the inner loop ----------------------------------------------------------------
 
@@ -260,8 +278,49 @@ class CAVIA:
         valid = adv[mask.bool()]
         return (adv - valid.mean()) / (valid.std() + 1e-8) * mask
 
-    def update(self, pre: Episodes, post: Episodes) -> dict[str, float]:
-        """PPO epochs over members; the post-adaptation loss flows through the inner step."""
+    def _record_demos(self) -> dict[str, Any]:
+        """The demonstration tasks (see ``demo_tasks``), one padded episode each: a pure
+        function of the seed, so it is recorded again on resume, not checkpointed."""
+        from metagrasp.sim.registry import family_sample_task
+        from metagrasp.sim.scripted import expert_episodes
+
+        n, fam, horizon = self.config.demo_tasks, self.spec.family, self.spec.max_steps
+        rng = np.random.default_rng(2_000_000 + self.seed)
+        tasks = [family_sample_task(fam, rng) for _ in range(n)]
+        d = expert_episodes(fam, n, 1_000_000 + self.seed, privileged=True, tasks=tasks)
+        obs = np.zeros((n, horizon, self.spec.obs_dim), np.float32)
+        actions = np.zeros((n, horizon, self.spec.act_dim), np.float32)
+        mask = np.zeros((n, horizon), np.float32)
+        start = np.concatenate([[0], np.cumsum(d["length"])])
+        for i, (a, b) in enumerate(zip(start[:-1], start[1:], strict=True)):
+            obs[i, : b - a], actions[i, : b - a] = d["obs"][a:b], d["actions"][a:b]
+            mask[i, : b - a] = 1.0
+        if self.iteration == 0:  # a fresh run's normaliser starts from the demos too
+            self.net.norm.update(torch.as_tensor(d["obs"]))
+        dev = self.net.device
+        return {
+            "tasks": tasks,
+            "obs": torch.as_tensor(obs).to(dev),
+            "actions": torch.as_tensor(actions).to(dev),
+            "mask": torch.as_tensor(mask).to(dev),
+            "success": float(np.mean(d["success"])),
+        }
+
+    def _bc_term(self, rows: np.ndarray, ctx: torch.Tensor) -> torch.Tensor:
+        """Mean negative log-likelihood of demonstrations ``rows`` under contexts ``ctx``."""
+        d = self.demos
+        assert d is not None
+        mask = d["mask"][rows]
+        logp = self.net.log_prob(self.net.norm(d["obs"][rows]), d["actions"][rows], ctx)
+        return -(logp * mask).sum() / mask.sum().clamp(min=1)
+
+    def update(
+        self, pre: Episodes, post: Episodes, demo_rows: np.ndarray | None = None
+    ) -> dict[str, float]:
+        """PPO epochs over members; the post-adaptation loss flows through the inner step.
+
+        ``demo_rows``: each member's demonstration (``demo_tasks``), cloned under the
+        adapted context as part of the outer loss."""
         cfg, net = self.config, self.net
         n = pre.obs.shape[0]
         net.norm.update(torch.as_tensor(pre.obs[pre.mask > 0]))
@@ -273,6 +332,8 @@ class CAVIA:
         adv_pre = self._advantages(pre, ctx0)
         adv_post = self._advantages(post, ctx1)
         stats: dict[str, list[float]] = {"pg_post": [], "pg_pre": [], "v_loss": []}
+        if demo_rows is not None:
+            stats.update(bc_post=[], bc_pre=[])
         mb = max(1, n // cfg.minibatches)
         for _ in range(cfg.epochs):
             perm = torch.randperm(n, generator=self.gen)
@@ -284,6 +345,13 @@ class CAVIA:
                 pg_post, v_post = self._ppo_terms(post, members, ctx, adv_post)
                 pg_pre, v_pre = self._ppo_terms(pre, members, ctx0[on_dev], adv_pre)
                 loss = pg_post + cfg.pre_loss_coef * pg_pre + cfg.vf_coef * (v_post + v_pre)
+                if demo_rows is not None:
+                    rows = demo_rows[members.numpy()]
+                    bc_post = self._bc_term(rows, ctx)
+                    bc_pre = self._bc_term(rows, ctx0[on_dev])
+                    loss = loss + cfg.bc_coef * (bc_post + cfg.pre_loss_coef * bc_pre)
+                    stats["bc_post"].append(bc_post.item())
+                    stats["bc_pre"].append(bc_pre.item())
                 self.opt.zero_grad()
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(
@@ -301,11 +369,19 @@ class CAVIA:
 
         sampler: Sampler = as_sampler(env)
         n = sampler.num_envs
-        sampler.set_tasks([family_sample_task(self.spec.family, self.task_rng) for _ in range(n)])
+        if self.config.demo_tasks and self.demos is None:
+            self.demos = self._record_demos()
+        if self.demos is None:
+            rows = None
+            tasks = [family_sample_task(self.spec.family, self.task_rng) for _ in range(n)]
+        else:
+            rows = self.task_rng.integers(len(self.demos["tasks"]), size=n)
+            tasks = [self.demos["tasks"][i] for i in rows]
+        sampler.set_tasks(tasks)
         pre = self.collect(sampler, self._ctx0(n))
         ctx1 = self.adapt(self._ctx0(n), [pre])
         post = self.collect(sampler, ctx1)
-        metrics = self.update(pre, post)
+        metrics = self.update(pre, post, rows)
         self.iteration += 1
         before, after = episode_metrics([pre]), episode_metrics([post])
         metrics.update({f"{k}_pre": v for k, v in before.items() if k != "env_steps"})
@@ -313,6 +389,8 @@ class CAVIA:
         metrics["env_steps"] = before["env_steps"] + after["env_steps"]
         metrics["inner_lr"] = float(self.inner_lr.detach().mean())
         metrics["ctx_norm"] = float(ctx1.norm(dim=1).mean())
+        if self.demos is not None:
+            metrics["demo_success"] = self.demos["success"]
         return metrics
 
     # --- checkpoints -----------------------------------------------------------------

@@ -14,6 +14,7 @@ off-policy learners (``algo.demo_episodes`` of SAC).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -216,7 +217,11 @@ def _grip_in(required, crush, gain):
 
 
 def expert_episodes(
-    family: str, episodes: int, seed: int, privileged: bool
+    family: str,
+    episodes: int,
+    seed: int,
+    privileged: bool,
+    tasks: Sequence[TaskParams] | None = None,
 ) -> dict[str, np.ndarray]:
     """Transitions of scripted grasps on ``train`` tasks: a demonstration buffer.
 
@@ -226,10 +231,13 @@ def expert_episodes(
         seed: seed of episode ``i`` is ``seed + i`` (task draw, object pose, noise).
         privileged: grip from the hidden parameters (:func:`privileged_grip`, for
             oracles) or the best single grip (:data:`BEST_FIXED_GRIP_N`).
+        tasks: episode ``i`` on ``tasks[i]`` instead of a drawn task (``episodes`` must
+            be ``len(tasks)``): demonstrations of the very tasks a learner trains on.
 
     Returns:
         ``obs``, ``actions``, ``rewards``, ``next_obs``, ``dones`` (terminated) and
-        ``task`` (the privileged vector), one row per env step; ``success`` per episode.
+        ``task`` (the privileged vector), one row per env step; ``success`` and
+        ``length`` per episode.
 
     Raises:
         UnknownNameError: the family has no grasp task (no scripted controller for it).
@@ -237,6 +245,8 @@ def expert_episodes(
     from metagrasp.errors import UnknownNameError
     from metagrasp.sim.registry import make_env
 
+    if tasks is not None and len(tasks) != episodes:
+        raise ValueError(f"{len(tasks)} tasks for {episodes} episodes")
     env = make_env(family, split="train")
     base = env.unwrapped
     if not isinstance(getattr(base, "config", None), EnvConfig):
@@ -254,14 +264,16 @@ def expert_episodes(
     recorded, success = [], []
     try:
         for i in range(episodes):
-            ep, info = record_episode(env, expert, seed=seed + i)
+            options = None if tasks is None else {"task": tasks[i]}
+            ep, info = record_episode(env, expert, seed=seed + i, options=options)
             ep["task"] = np.broadcast_to(info["task"], (len(ep["rewards"]), len(info["task"])))
             recorded.append(ep)
             success.append(bool(info["success"]))
     finally:
         env.close()
     out = {k: np.concatenate([e[k] for e in recorded]).astype(np.float32) for k in recorded[0]}
-    return {**out, "success": np.asarray(success)}
+    length = np.array([len(e["rewards"]) for e in recorded])
+    return {**out, "success": np.asarray(success), "length": length}
 
 
 def record_episode(

@@ -788,14 +788,75 @@ def test_sac_demonstrations_fill_half_of_every_batch_and_come_back_on_resume():
     assert np.array_equal(again.data["actions"], algo.demos.data["actions"])
 
 
-def test_demonstrations_need_a_grasp_family():
-    resolved = tiny_config("sac")
-    resolved["algo"]["demo_episodes"] = 1
+@pytest.mark.parametrize("algo_name, field", [("sac", "demo_episodes"), ("cavia", "demo_tasks")])
+def test_demonstrations_need_a_grasp_family(algo_name, field):
+    resolved = tiny_config(algo_name)
+    resolved["algo"][field] = 1
     env = make_vector_env("point-nav", NUM_ENVS, seed=0, workers=0)
     algo = build_algorithm(resolved, env_spec(env, "point-nav"))
     with pytest.raises(UnknownNameError, match="no scripted grasp expert"):
         algo.train_iteration(env)
     env.close()
+
+
+def _cavia_with_demos(bc_coef: float) -> tuple[Any, dict[str, Any], dict[str, float]]:
+    """A grasp-lift CAVIA learner with 3 demonstration tasks after one iteration, the
+    arguments of its update (spied) and the iteration's metrics."""
+    overrides = {
+        "run": {"num_envs": 2, "workers": 0},
+        "algo": {"hidden": [16], "epochs": 1, "minibatches": 1, "demo_tasks": 3},
+    }
+    overrides["algo"]["bc_coef"] = bc_coef
+    resolved = resolve_config("cavia", "grasp-lift", "quick", overrides=overrides)
+    env = make_vector_env("grasp-lift", 2, seed=0, workers=0)
+    algo = build_algorithm(resolved, env_spec(env, "grasp-lift"))
+    seen: dict[str, Any] = {}
+    update = algo.update
+
+    def spy(pre, post, rows=None):
+        seen.update(pre=pre, post=post, rows=rows)
+        return update(pre, post, rows)
+
+    algo.update = spy
+    metrics = algo.train_iteration(env)
+    env.close()
+    return algo, seen, metrics
+
+
+def test_cavia_demonstrations_are_its_training_tasks_and_come_back_on_resume():
+    """``demo_tasks`` (guided meta-policy search): every member trains on one of the
+    demonstrated tasks, its demonstration is the one passed to the outer loss, and the
+    recording is a pure function of the seed."""
+    from metagrasp.policies.cavia import CAVIA
+
+    algo, seen, metrics = _cavia_with_demos(0.1)
+    d = algo.demos
+    assert d["obs"].shape == (3, algo.spec.max_steps, algo.spec.obs_dim)
+    assert d["mask"].sum(1).min() > 0 and metrics["bc_post"] > 0
+    assert 0.0 <= metrics["demo_success"] <= 1.0
+    want = np.stack([d["tasks"][i].privileged_vector() for i in seen["rows"]])
+    np.testing.assert_allclose(seen["pre"].task, want, rtol=1e-5)
+    again = CAVIA._record_demos(algo)
+    assert torch.equal(again["actions"], d["actions"]) and torch.equal(again["mask"], d["mask"])
+    with pytest.raises(ValueError, match="2 tasks for 3 episodes"):
+        from metagrasp.sim.scripted import expert_episodes
+
+        expert_episodes("grasp-lift", 3, 0, privileged=True, tasks=d["tasks"][:2])
+
+
+def test_cavia_behaviour_cloning_pulls_the_adapted_policy_to_the_expert():
+    """``bc_coef``: outer updates raise the demonstrations' likelihood under the adapted
+    context, against the same updates without the term."""
+    nll = {}
+    for coef in (0.0, 1.0):
+        algo, seen, _ = _cavia_with_demos(coef)
+        for _ in range(15):
+            algo.update(seen["pre"], seen["post"], seen["rows"])
+        rows = seen["rows"]
+        ctx = algo.adapted_context(algo.inner_batch([seen["pre"]]), create_graph=False)
+        with torch.no_grad():
+            nll[coef] = float(algo._bc_term(rows, ctx.detach()))
+    assert nll[1.0] < nll[0.0] - 0.05, nll
 
 
 def _sac_after_one_iteration(name: str, overrides: dict) -> Any:
