@@ -20,6 +20,9 @@ Usage::
         [--oracle-from ORACLE/results.json]
 
 Without ``--dr-from`` the DR line is RESULTS' own (for an oracle from another file only).
+``--splits`` keeps some of RESULTS' splits (a reference file may lack ``val``);
+``--other-seeds`` accepts references trained with other seeds than RESULTS' lines (one
+new seed against three reference seeds, say) and names both sets in each split's table.
 """
 
 from __future__ import annotations
@@ -51,6 +54,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--oracle-from", type=Path, help="results.json holding the oracle line")
     p.add_argument("--out", type=Path, help="folder for closure.md and plots (default: RESULTS')")
+    p.add_argument("--splits", nargs="+", help="only these splits of RESULTS (default: all)")
+    p.add_argument(
+        "--other-seeds",
+        action="store_true",
+        help="allow reference lines trained with other seeds than RESULTS' lines (each "
+        "split's table then names both sets); without it such a pairing is an error",
+    )
     args = p.parse_args(argv)
     args.dr_from = args.dr_from or args.results
     new, old = (json.loads(f.read_text()) for f in (args.results, args.dr_from))
@@ -71,7 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     # from another file likewise, when RESULTS holds one; RESULTS' own is listed once.
     key = f"{args.oracle} from {args.oracle_from}" if args.oracle_from else args.oracle
     own = args.dr_from == args.results
-    for split, res in new["splits"].items():
+    splits = args.splits or list(new["splits"])
+    for split in splits:
+        if split not in new["splits"]:
+            raise SystemExit(f"{args.results} has no split {split!r}: {list(new['splits'])}")
+    for split in splits:
+        res = new["splits"][split]
         for name, data, path in (
             (args.dr, old, args.dr_from),
             (args.oracle, src, args.oracle_from),
@@ -80,8 +95,11 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(f"{path or args.results} has no line {name!r} on split {split!r}")
         dr, oracle = old["splits"][split][args.dr], src["splits"][split][args.oracle]
         now = sorted({s for r in res.values() for s in _seeds(r)})
+        seed_note = []
         for ref, name in ((dr, "DR"), (oracle, "oracle")):
-            if (was := _seeds(ref)) != now:
+            if (was := _seeds(ref)) != now and args.other_seeds:
+                seed_note.append(f"the {name} line's runs are seeds {was}, the lines' {now}")
+            elif was != now:
                 raise SystemExit(
                     f"the {name} line was trained with seeds {was}, the new lines with "
                     f"{now}: rerun meta_rl.py with the {name} line's --seeds"
@@ -98,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
             + " | closure k=3 (success) | closure k=3 (return) |",
             "|---" * (ks + 3) + "|",
         ]
+        if seed_note:
+            lines[-2:-2] = [f"Training seeds differ: {'; '.join(seed_note)}.", ""]
         dr_key = f"{args.dr} from {args.dr_from}" if args.dr in res and not own else args.dr
         rows = {dr_key: dr, **{n: r for n, r in res.items() if not (own and n == args.dr)}}
         for name, r in rows.items():

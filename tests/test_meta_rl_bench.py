@@ -277,6 +277,20 @@ def test_reference_lines_close_the_gap_against_an_earlier_dr_line(tmp_path):
     (tmp_path / "new" / "results.json").write_text(json.dumps(new))
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert res.returncode != 0 and "seeds" in res.stderr
+    # --other-seeds: a line of one seed against references of others, said in the table.
+    res = subprocess.run([*cmd, "--other-seeds"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "Training seeds differ: the DR line's runs are seeds ['s0', 's1']" in res.stdout
+    # --splits: only those (a split RESULTS lacks is refused by name).
+    new["splits"]["val"] = new["splits"]["test"]  # the old file has no `val` DR line
+    (tmp_path / "new" / "results.json").write_text(json.dumps(new))
+    res = subprocess.run([*cmd, "--other-seeds"], capture_output=True, text=True, timeout=120)
+    assert res.returncode != 0 and "no line 'dr' on split 'val'" in res.stderr
+    only = [*cmd, "--other-seeds", "--splits", "test"]
+    res = subprocess.run(only, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "split `val`" not in res.stdout, res.stderr
+    res = subprocess.run([*only, "hard"], capture_output=True, text=True, timeout=120)
+    assert res.returncode != 0 and "has no split 'hard'" in res.stderr
 
 
 def test_reference_lines_take_the_oracle_from_a_third_file(tmp_path):
