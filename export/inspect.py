@@ -70,9 +70,11 @@ def describe(bundle: PolicyBundle) -> str:
     if checks:
         lines.append("checks:")
         for role, res in checks.get("random", {}).items():
+            scaled = res.get("max_scaled_diff")  # bundles from before 2026-12-07 lack it
             lines.append(
                 f"    parity {role:7s} {res['inputs']} random inputs: "
                 f"max |diff| {res['max_abs_diff']:.2e}"
+                + ("" if scaled is None else f" (relative beyond 1: {scaled:.2e})")
             )
         if "rollout" in checks:
             r = checks["rollout"]

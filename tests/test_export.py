@@ -114,6 +114,29 @@ def synthetic_episodes(algo: CAVIA, k: int, rng: np.random.Generator) -> list[Ep
     return eps
 
 
+def test_parity_is_relative_beyond_one_so_a_critic_in_the_hundreds_exports():
+    """A trained grasp-lift critic predicts returns in the hundreds, where float32 resolves
+    ~3e-5; the check bounds the difference relative to the value there, absolute within
+    +-1 (actions keep the absolute bound)."""
+    from metagrasp.export.parity import scaled_diff
+
+    want = np.array([0.5, -0.9, 300.0, -250.0])
+    assert scaled_diff(want + [2e-6, 0, 0, 0], want) == pytest.approx(2e-6)  # absolute
+    assert scaled_diff(want + [0, 0, 3e-4, 0], want) == pytest.approx(1e-6)  # relative
+    assert scaled_diff(np.zeros(0), np.zeros(0)) == 0.0
+    algo = grasp_cavia()
+    with torch.no_grad():
+        algo.net.critic[-1].bias.fill_(300.0)
+    graph = algo.export_modules().graph("critic")
+    res = graph_parity(graph, exporter.trace(graph), n=1000)
+    feed = graph.sample(8, np.random.default_rng(0))
+    values = graph.module(*[torch.as_tensor(feed[k]) for k in graph.inputs])
+    values = values[0] if isinstance(values, tuple) else values
+    assert float(values.abs().min()) > 100  # really in the hundreds
+    assert res["max_scaled_diff"] <= TOLERANCE
+    assert res["max_scaled_diff"] <= res["max_abs_diff"] / 100
+
+
 def test_cavia_adapt_graph_matches_autograd_at_grasp_sizes():
     """The traced explicit backward equals training's autograd inner loop (2 steps)."""
     plan = grasp_cavia().export_modules()
