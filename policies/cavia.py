@@ -106,7 +106,7 @@ class CAVIA:
 
     name: ClassVar[str] = "cavia"
     Config: ClassVar[type] = CAVIAConfig
-    LEARNER_ONLY: ClassVar[tuple[str, ...]] = ("opt",)
+    LEARNER_ONLY: ClassVar[tuple[str, ...]] = ("opt", "demos")
     """Attributes rollout workers do not need (see :class:`~metagrasp.policies.sampler.Rollout`)."""
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "grasp:quick": {"run": {"total_env_steps": 120_000, "num_envs": 32}, "algo": {}},

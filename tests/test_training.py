@@ -838,6 +838,15 @@ def test_cavia_demonstrations_are_its_training_tasks_and_come_back_on_resume():
     np.testing.assert_allclose(seen["pre"].task, want, rtol=1e-5)
     again = CAVIA._record_demos(algo)
     assert torch.equal(again["actions"], d["actions"]) and torch.equal(again["mask"], d["mask"])
+    # Rollout workers get the acting networks, not the demonstrations (learner-only).
+    import pickle
+
+    from metagrasp.policies.cavia import _context_policy
+    from metagrasp.policies.sampler import Rollout
+
+    del algo.update  # the spy (a local function) back to the method
+    sent = pickle.loads(pickle.dumps(Rollout(_context_policy, algo, {"context": algo._ctx0(2)})))
+    assert sent.actor.demos is None and algo.demos is d
     with pytest.raises(ValueError, match="2 tasks for 3 episodes"):
         from metagrasp.sim.scripted import expert_episodes
 
