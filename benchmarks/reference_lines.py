@@ -97,13 +97,14 @@ def main(argv: list[str] | None = None) -> int:
         now = sorted({s for r in res.values() for s in _seeds(r)})
         seed_note = []
         for ref, name in ((dr, "DR"), (oracle, "oracle")):
-            if (was := _seeds(ref)) != now and args.other_seeds:
-                seed_note.append(f"the {name} line's runs are seeds {was}, the lines' {now}")
-            elif was != now:
+            if (was := _seeds(ref)) == now:
+                continue
+            if not args.other_seeds:
                 raise SystemExit(
                     f"the {name} line was trained with seeds {was}, the new lines with "
                     f"{now}: rerun meta_rl.py with the {name} line's --seeds"
                 )
+            seed_note.append(f"the {name} line's runs are seeds {was}, the lines' {now}")
         if args.oracle_from:
             res = {key: oracle, **res}
         lo, hi = reference_level(dr), reference_level(oracle)
@@ -111,13 +112,12 @@ def main(argv: list[str] | None = None) -> int:
         lines += [
             f"## split `{split}` (DR line {lo:.3f}, oracle line {hi:.3f})",
             "",
+            *([f"Training seeds differ: {'; '.join(seed_note)}.", ""] if seed_note else []),
             "| line | "
             + " | ".join(f"success k={k}" for k in range(ks))
             + " | closure k=3 (success) | closure k=3 (return) |",
             "|---" * (ks + 3) + "|",
         ]
-        if seed_note:
-            lines[-2:-2] = [f"Training seeds differ: {'; '.join(seed_note)}.", ""]
         dr_key = f"{args.dr} from {args.dr_from}" if args.dr in res and not own else args.dr
         rows = {dr_key: dr, **{n: r for n, r in res.items() if not (own and n == args.dr)}}
         for name, r in rows.items():

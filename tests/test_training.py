@@ -804,9 +804,14 @@ def _cavia_with_demos(bc_coef: float) -> tuple[Any, dict[str, Any], dict[str, fl
     arguments of its update (spied) and the iteration's metrics."""
     overrides = {
         "run": {"num_envs": 2, "workers": 0},
-        "algo": {"hidden": [16], "epochs": 1, "minibatches": 1, "demo_tasks": 3},
+        "algo": {
+            "hidden": [16],
+            "epochs": 1,
+            "minibatches": 1,
+            "demo_tasks": 3,
+            "bc_coef": bc_coef,
+        },
     }
-    overrides["algo"]["bc_coef"] = bc_coef
     resolved = resolve_config("cavia", "grasp-lift", "quick", overrides=overrides)
     env = make_vector_env("grasp-lift", 2, seed=0, workers=0)
     algo = build_algorithm(resolved, env_spec(env, "grasp-lift"))
