@@ -8,6 +8,7 @@ full current). It shows *why* a line fails on fragile objects: squeezing at full
 or not grasping them at all.
 
     python benchmarks/grip_probe.py runs/sac-s0 --split test [--deterministic] [--json out.json]
+    python benchmarks/grip_probe.py runs/rma-s0 --set algo.act_with=teacher  # RMA's teacher
 """
 
 from __future__ import annotations
@@ -19,12 +20,15 @@ import sys
 import numpy as np
 
 
-def probe(run: str, split: str, deterministic: bool, seed: int = 0) -> dict:
-    """One episode per fragile task of ``split`` with the run's policy."""
+def probe(
+    run: str, split: str, deterministic: bool, seed: int = 0, settings: dict | None = None
+) -> dict:
+    """One episode per fragile task of ``split`` with the run's policy, acting with the
+    meta-test ``settings`` (``algo`` fields, e.g. ``{"act_with": "teacher"}``)."""
     from metagrasp.policies.runner import load_trained
     from metagrasp.sim.registry import family_split_tasks, make_vector_env
 
-    algo, _, spec = load_trained(run)
+    algo, _, spec = load_trained(run, algo_overrides=settings or {})
     tasks = [t for t in family_split_tasks(spec.family, split) if t.fragile]
     n = len(tasks)
     env = make_vector_env(spec.family, n, split=split, seed=seed)
@@ -54,6 +58,7 @@ def probe(run: str, split: str, deterministic: bool, seed: int = 0) -> dict:
         "run": run,
         "split": split,
         "deterministic": deterministic,
+        "settings": settings or {},
         "fragile_tasks": n,
         "crushed": float(crushed.mean()),
         "grasped_intact": float(grasped.mean()),
@@ -64,17 +69,22 @@ def probe(run: str, split: str, deterministic: bool, seed: int = 0) -> dict:
 
 
 def main() -> int:
+    from metagrasp.policies.cli import parse_overrides
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", help="run directory written by `metagrasp train`")
     ap.add_argument("--split", default="test", choices=["test", "hard"])
     ap.add_argument("--deterministic", action="store_true", help="act with the mean action")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--set", action="append", default=[], help="algo.FIELD=VALUE at meta-test")
     ap.add_argument("--json", default=None, help="write the result here")
     args = ap.parse_args()
-    res = probe(args.run, args.split, args.deterministic, args.seed)
+    settings = parse_overrides(args.set)["algo"]
+    res = probe(args.run, args.split, args.deterministic, args.seed, settings)
     g = res["g_at_crush_median"]
     print(
-        f"{args.run} on the {res['fragile_tasks']} fragile `{args.split}` tasks "
+        f"{args.run}{' with ' + ','.join(args.set) if args.set else ''} on the "
+        f"{res['fragile_tasks']} fragile `{args.split}` tasks "
         f"({'mean' if args.deterministic else 'sampled'} actions): crushed {res['crushed']:.2f}, "
         f"grasped intact {res['grasped_intact']:.2f}, success {res['success']:.2f}, "
         f"median g at crush {'-' if g is None else f'{g:.2f}'}"

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from metagrasp.errors import ConfigError
+
 REPO = Path(__file__).resolve().parents[1]
 META_RL = REPO / "benchmarks" / "meta_rl.py"
 TINY = ["run.total_env_steps=160", "run.num_envs=4", "run.workers=0", "algo.warmup_steps=40"]
@@ -146,6 +148,10 @@ def test_grip_probe_reports_each_fragile_task_of_a_trained_run(tmp_path):
     assert res["fragile_tasks"] == 30
     assert len(res["g_at_crush"]) == round(res["crushed"] * 30)
     assert all(0.0 <= res[k] <= 1.0 for k in ("crushed", "grasped_intact", "success"))
+    # Meta-test settings reach the loaded policy (RMA's teacher is probed this way): a
+    # field SAC does not have is refused, not dropped.
+    with pytest.raises(ConfigError, match="act_with"):
+        mod.probe(str(tmp_path / "run"), "test", deterministic=True, settings={"act_with": "x"})
 
 
 def test_adaptive_scripted_grip_bisects_between_a_drop_and_a_crush():
