@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from metagrasp import __version__
+from metagrasp.export.inspect import parity_line
 from metagrasp.export.metadata import env_facts
 from metagrasp.export.parity import TOLERANCE, graph_parity, rollout_parity
 from metagrasp.export.plan import ExportPlan
@@ -169,11 +170,7 @@ def export_run(
     for g in plan.graphs:
         res = graph_parity(g, models[g.role], random_inputs)
         checks["random"][g.role] = res
-        log(
-            f"parity {g.role:7s} {res['inputs']} random inputs: "
-            f"max |diff| {res['max_abs_diff']:.2e} (relative beyond 1: "
-            f"{res['max_scaled_diff']:.2e})"
-        )
+        log(parity_line(g.role, res))
         if res["max_scaled_diff"] > TOLERANCE:
             raise ExportError(
                 f"the {g.role} graph differs from training by {res['max_abs_diff']:.3g} "

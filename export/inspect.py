@@ -23,6 +23,16 @@ def _io(session: Any) -> list[str]:
     return rows
 
 
+def parity_line(role: str, res: dict[str, Any]) -> str:
+    """One graph's random-input parity, as ``metagrasp export`` logs it and ``inspect``
+    shows it (``res`` is :func:`~metagrasp.export.parity.graph_parity`'s result)."""
+    scaled = res.get("max_scaled_diff")  # bundles from before 2026-12-07 lack it
+    return (
+        f"parity {role:7s} {res['inputs']} random inputs: max |diff| {res['max_abs_diff']:.2e}"
+        + ("" if scaled is None else f" (relative beyond 1: {scaled:.2e})")
+    )
+
+
 def describe(bundle: PolicyBundle) -> str:
     """A human-readable summary of a verified bundle."""
     m = bundle.metadata
@@ -70,12 +80,7 @@ def describe(bundle: PolicyBundle) -> str:
     if checks:
         lines.append("checks:")
         for role, res in checks.get("random", {}).items():
-            scaled = res.get("max_scaled_diff")  # bundles from before 2026-12-07 lack it
-            lines.append(
-                f"    parity {role:7s} {res['inputs']} random inputs: "
-                f"max |diff| {res['max_abs_diff']:.2e}"
-                + ("" if scaled is None else f" (relative beyond 1: {scaled:.2e})")
-            )
+            lines.append(f"    {parity_line(role, res)}")
         if "rollout" in checks:
             r = checks["rollout"]
             lines.append(
