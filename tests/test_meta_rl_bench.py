@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from metagrasp.errors import ConfigError
@@ -355,3 +356,72 @@ def test_reference_lines_take_the_oracle_from_a_third_file(tmp_path):
     (tmp_path / "strong" / "results.json").write_text(json.dumps(strong))
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert res.returncode != 0 and "oracle line was trained with seeds" in res.stderr
+
+
+class _FixedGrip:
+    """What GradientGrip needs of a sac-grip algorithm: its start grip and ``act_at``."""
+
+    class config:  # noqa: N801 (stands in for the algorithm's config)
+        start_grip_n = 4.0
+
+    def act_at(self, obs, grips, deterministic=False):
+        return np.repeat(np.asarray(grips, np.float32)[:, None], 6, axis=1)
+
+
+def _episodes(returns):
+    class Ep:
+        pass
+
+    ep = Ep()
+    ep.returns = np.asarray(returns, float)
+    return ep
+
+
+def test_gradient_grip_steps_towards_grips_that_beat_the_baseline():
+    """benchmarks/grip_gradient.py's inner loop: c moves towards the drawn grip after a
+    return above the baseline, away from it after one below, not at all with alpha = 0,
+    and never leaves the gripper's range; the network acts at the drawn grip."""
+    mod = _bench("grip_gradient")
+    line = mod.GradientGrip(_FixedGrip(), sigma=0.3, alpha=0.1, baseline=200.0, seed=3)
+    state = line.init_state(4)
+    assert np.allclose(state["c"], np.log(4.0))
+    assert np.allclose(np.log(state["grip"]), state["c"] + 0.3 * state["eps"])
+    actions, _ = line.act(np.zeros((4, 3)), None, state)
+    assert np.allclose(actions[:, 0], state["grip"])
+    after = line.adapt(state, [_episodes([400.0, 0.0, 200.0, 400.0])])
+    moved = after["c"] - state["c"]
+    expected = 0.1 * np.array([2.0, -2.0, 0.0, 2.0]) * state["eps"]
+    assert np.allclose(moved, expected)
+    assert np.sign(moved[0]) == np.sign(state["eps"][0])  # towards the better grip
+    assert np.sign(moved[1]) == -np.sign(state["eps"][1])  # away from the worse one
+    still = mod.GradientGrip(_FixedGrip(), 0.3, 0.0, 200.0).adapt(state, [_episodes([900.0] * 4)])
+    assert np.allclose(still["c"], state["c"])
+    far = mod.GradientGrip(_FixedGrip(), 0.3, 1e6, 0.0).adapt(state, [_episodes([900.0] * 4)])
+    assert np.all((far["grip"] >= 0.5 - 1e-9) & (far["grip"] <= 20.0 + 1e-9))
+    with pytest.raises(ValueError, match="sigma"):
+        mod.GradientGrip(_FixedGrip(), sigma=0.0, alpha=0.1, baseline=0.0)
+
+
+def test_emulated_search_finds_the_window_of_a_table():
+    """The emulator draws episodes from the table's nearest grid grip: on an object that
+    is crushed above 6 N and dropped below 3 N, the search lifts it from k = 1 on; the
+    best single grip of the table lifts it at k = 0."""
+    mod = _bench("grip_gradient")
+    grips = mod.GRID
+    ok = (grips >= 3.0) & (grips <= 6.0)
+    col = lambda v: [[[float(x)] * 4] for x in v]  # noqa: E731 (grips x 1 object x 4 episodes)
+    fragile = {
+        "grips": grips.tolist(),
+        "success": col(ok),
+        "crushed": col(grips > 6.0),
+        "returns": col(np.where(ok, 400.0, np.where(grips > 6.0, 30.0, 100.0))),
+        "raised": col(ok),
+    }
+    emu = mod.Emulator([fragile])
+    assert emu.search(repeats=2).tolist() == [1.0, 1.0, 1.0, 1.0]  # 4 N is inside
+    heavy = dict(
+        fragile, success=col(grips >= 8.0), crushed=col(grips < 0), raised=col(grips >= 8.0)
+    )
+    emu = mod.Emulator([heavy])
+    wins = emu.search(repeats=2)
+    assert wins[0] == 0.0 and wins[1] == 1.0  # one drop at 4 N, then the midpoint to 20 N
