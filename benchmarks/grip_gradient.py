@@ -50,6 +50,9 @@ RETURN_SCALE = 100.0
 """Returns are divided by this before the step (a grasp-lift episode returns 30-420)."""
 GRID = np.clip(np.sort(np.r_[4.0 * np.exp(0.26 * np.arange(-8, 7)), 20.0]), 0.5, 20.0)
 """The outcome tables' grips (N per pad): log steps of 0.26 through the start grip, 4 N."""
+DEVICE_FIELDS = ("device_lifted", "device_crushed", "device_raised")
+"""The device's verdicts on each table episode (``outcome_bound.py --judge device``)."""
+TABLE_FIELDS = ("success", "crushed", "returns", "raised", *DEVICE_FIELDS)
 SIGMAS, ALPHAS = (0.08, 0.13, 0.2, 0.35, 0.5), (0.03, 0.05, 0.1, 0.2, 0.4, 0.8)
 BASELINES = (150, 250, 320, 370, 410, 450)
 """The settings ``choose`` tries (180 in all)."""
@@ -100,22 +103,24 @@ def load(run: str, algo_settings: dict[str, Any] | None = None):
 
 def table(run: str, split: str, seeds: tuple[int, ...], reps: int) -> dict[str, Any]:
     """Per grid grip and object: success, crush, return and raised flag of ``reps`` x
-    ``len(seeds)`` episodes (the grip never adapts)."""
+    ``len(seeds)`` episodes (the grip never adapts), and the device's verdicts on them."""
     from metagrasp.policies.evaluate import meta_test
-    from metagrasp.policies.grip_search import raised_flags
+    from metagrasp.policies.grip_search import device_verdicts, raised_flags
 
     out: dict[str, Any] = {"run": run, "split": split, "grips": GRID.tolist()}
-    for key in ("success", "crushed", "returns", "raised"):
+    for key in TABLE_FIELDS:
         out[key] = []
     for g in GRID:
         algo, spec = load(run, {"act_with": "fixed", "start_grip_n": float(g)})
-        rec: dict[str, list] = {"success": [], "crushed": [], "returns": [], "raised": []}
+        rec: dict[str, list] = {key: [] for key in TABLE_FIELDS}
 
         def keep(k: int, ep: Any, rec: dict = rec) -> None:
             rec["success"].append(ep.success.copy())
             rec["crushed"].append(ep.crushed.copy())
             rec["returns"].append(np.round(ep.returns, 3))
             rec["raised"].append(raised_flags(ep))
+            for key, flags in zip(DEVICE_FIELDS, device_verdicts(ep), strict=True):
+                rec[key].append(flags)
 
         meta_test(algo, spec, split, reps - 1, seeds, episode_observer=keep)
         for key, rows in rec.items():  # (episodes, objects) -> objects x episodes

@@ -179,6 +179,20 @@ def raised_flags(ep: Episodes) -> np.ndarray:
     return rise.max(axis=1, initial=0.0) >= LIFT_M
 
 
+def device_verdicts(ep: Episodes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per member: (lifted, crushed, raised) as the robot's computer judges them from the
+    recorded observations alone (:class:`~metagrasp.adapt.reward.DeviceReward` with
+    ``detect_collapse``; ``raised``: the object got ``LIFT_M`` above its start)."""
+    device = DeviceReward(RewardConfig(detect_collapse=True))
+    out = []
+    for i in range(len(ep.mask)):
+        n = int(ep.mask[i].sum())
+        o = device.episode(ep.obs[i, :n], ep.actions[i, :n], ep.next_obs[i, :n])
+        out.append((o.success and not o.crushed, o.crushed, o.max_height >= LIFT_M))
+    lifted, crushed, raised = (np.array(v, bool) for v in zip(*out, strict=True))
+    return lifted, crushed, raised
+
+
 def closes_on_held_object(g: np.ndarray, obs: np.ndarray) -> np.ndarray:
     """Rows whose gripper value ``g <= 0`` sets a position target narrower than the
     fingers' position now while they hold something (see ``squeeze_guard``)."""
@@ -415,14 +429,7 @@ class GripSearch(SAC):
         ``keep_raised``)."""
         if self.config.judge == "sim":
             return ep.success, ep.crushed, raised_flags(ep)
-        device = DeviceReward(RewardConfig(detect_collapse=True))
-        out = []
-        for i in range(len(ep.success)):
-            n = int(ep.mask[i].sum())
-            o = device.episode(ep.obs[i, :n], ep.actions[i, :n], ep.next_obs[i, :n])
-            out.append((o.success and not o.crushed, o.crushed, o.max_height >= LIFT_M))
-        lifted, crushed, raised = (np.array(v, bool) for v in zip(*out, strict=True))
-        return lifted, crushed, raised
+        return device_verdicts(ep)
 
     def _next_grip(self, outcomes: list[tuple], raised: list[bool]) -> float:
         """The configured search rule on one member's outcomes and raised flags."""

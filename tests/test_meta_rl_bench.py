@@ -425,3 +425,48 @@ def test_emulated_search_finds_the_window_of_a_table():
     emu = mod.Emulator([heavy])
     wins = emu.search(repeats=2)
     assert wins[0] == 0.0 and wins[1] == 1.0  # one drop at 4 N, then the midpoint to 20 N
+
+
+def _table(grips, objects, device=None):
+    """An outcome table: ``objects`` is a list of (lifted, crushed) grip masks, 2
+    episodes a cell; ``device`` the device's (lifted, crushed) masks (default: the same)."""
+    cells = lambda masks: [[[float(m[i])] * 2 for m in masks] for i in range(len(grips))]  # noqa: E731
+    lifted, crushed = [m[0] for m in objects], [m[1] for m in objects]
+    dev = device or objects
+    return {
+        "grips": grips.tolist(),
+        "success": cells(lifted),
+        "crushed": cells(crushed),
+        "raised": cells(lifted),
+        "device_lifted": cells([m[0] for m in dev]),
+        "device_crushed": cells([m[1] for m in dev]),
+        "device_raised": cells([m[0] for m in dev]),
+    }
+
+
+def test_bayes_optimal_search_identifies_an_object_from_its_outcomes():
+    """benchmarks/outcome_bound.py: with a fragile object (lifts at 3-6 N, crushed above)
+    and a heavy one (lifts only from 8 N) equally likely, no single grip lifts both, but
+    one episode's outcome tells them apart, so the best search lifts every object at its
+    last episode. A device that reads every crush as a drop cannot tell a crushed fragile
+    object from a dropped heavy one at 8 N and up: the search must probe lower."""
+    mod = _bench("outcome_bound")
+    grips = _bench("grip_gradient").GRID
+    fragile = ((grips >= 3.0) & (grips <= 6.0), grips > 6.0)
+    heavy = (grips >= 8.0, np.zeros_like(grips, bool))
+    table = _table(grips, [fragile, heavy])
+    own = (mod.outcome_chances(table), mod.lift_chances(table))
+    assert own[0].sum(axis=0) == pytest.approx(np.ones((len(grips), 2)))
+    best, scored, _ = mod.best_search(own, own, explore=1)
+    assert best == pytest.approx(1.0) and scored == pytest.approx(1.0)
+    assert mod.best_search(own, own, explore=0)[0] == pytest.approx(0.5)  # no episode to learn from
+    blind = _table(
+        grips, [fragile, heavy], device=[(fragile[0], np.zeros_like(grips, bool)), heavy]
+    )
+    seen = (mod.outcome_chances(blind, "device"), mod.lift_chances(blind))
+    assert mod.best_search(seen, seen, explore=1)[0] == pytest.approx(1.0)  # 4 N still tells
+    # Planned on the fragile object alone, the search never leaves its window: scored on
+    # both objects it lifts only the fragile one.
+    only = _table(grips, [fragile])
+    planned = (mod.outcome_chances(only), mod.lift_chances(only))
+    assert mod.best_search(planned, own, explore=1)[1] == pytest.approx(0.5)
