@@ -134,35 +134,34 @@ class Emulator:
 
     def __init__(self, tables: list[dict[str, Any]], seed: int = 0):
         self.log_grid = np.log(np.asarray(tables[0]["grips"]))
-        cat = {
-            k: np.concatenate([np.asarray(t[k], float) for t in tables], axis=1)
-            for k in ("success", "crushed", "returns", "raised")
-        }
+        fields = [k for k in TABLE_FIELDS if all(k in t for t in tables)]
+        cat = {k: np.concatenate([np.asarray(t[k], float) for t in tables], axis=1) for k in fields}
         self.cells, self.objects = cat, cat["success"].shape[1]
         self.rng = np.random.default_rng(seed)
 
-    def episode(self, obj: int, grip: float) -> tuple[bool, bool, float, bool]:
+    def episode(self, obj: int, grip: float) -> dict[str, float]:
+        """One recorded episode of ``obj`` at the grid grip nearest ``grip``: every field."""
         i = int(np.argmin(np.abs(self.log_grid - np.log(grip))))
         j = self.rng.integers(self.cells["success"].shape[2])
-        s, c, r, up = (
-            self.cells[k][i, obj, j] for k in ("success", "crushed", "returns", "raised")
-        )
-        return bool(s), bool(c), float(r), bool(up)
+        return {k: float(v[i, obj, j]) for k, v in self.cells.items()}
 
-    def search(self, repeats: int, k_total: int = 4) -> np.ndarray:
-        """Success per k of the grip search with its default settings."""
+    def search(self, repeats: int, k_total: int = 4, judge: str = "sim") -> np.ndarray:
+        """Success per k (the sim's flag) of the grip search with its default settings,
+        reading each episode's outcome as ``judge`` (``sim`` or ``device``) does."""
         from metagrasp.grip_search import next_grip
         from metagrasp.policies.grip_search import GripSearchConfig
 
+        read = ("success", "crushed", "raised") if judge == "sim" else DEVICE_FIELDS
         cfg, lo, hi = GripSearchConfig(), GRID[0], GRID[-1]
         kw = {"keep_raised": cfg.keep_raised, "raised_nudge": cfg.raised_nudge}
         wins = np.zeros(k_total)
         for obj, _ in itertools.product(range(self.objects), range(repeats)):
             grip, outcomes, raised = cfg.start_grip_n, [], []
             for k in range(k_total):
-                s, c, _, up = self.episode(obj, grip)
-                wins[k] += s
-                outcomes.append((grip, s, c))
+                ep = self.episode(obj, grip)
+                lifted, crushed, up = (bool(ep[f]) for f in read)
+                wins[k] += ep["success"]
+                outcomes.append((grip, lifted, crushed))
                 raised.append(up)
                 grip = next_grip(outcomes, cfg.start_grip_n, lo, hi, raised=raised, **kw)
         return wins / (self.objects * repeats)
@@ -177,9 +176,9 @@ class Emulator:
             c = np.log(GripSearchConfig().start_grip_n)
             for k in range(k_total):
                 eps = self.rng.normal()
-                s, _, ret, _ = self.episode(obj, float(np.exp(np.clip(c + sigma * eps, lo, hi))))
-                wins[k] += s
-                c = float(np.clip(c + alpha * (ret - b) / RETURN_SCALE * eps, lo, hi))
+                ep = self.episode(obj, float(np.exp(np.clip(c + sigma * eps, lo, hi))))
+                wins[k] += ep["success"]
+                c = float(np.clip(c + alpha * (ep["returns"] - b) / RETURN_SCALE * eps, lo, hi))
         return wins / (self.objects * repeats)
 
 

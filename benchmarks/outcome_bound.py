@@ -19,8 +19,13 @@ Two figures per table, each for one trained network (one run's table):
 * **val prior**: the rule built on a ``val`` table of the same run (a fixed draw of
   training objects) and scored on the split's table, a search a robot could run.
 
-Outcomes are the sim's flags, what an operator answers. The device's own judgement reads
-the same outcomes with errors, so it can only do worse.
+Beside them, per table: each object at its own best grip of the table (no search's last
+episode can beat it on that table), and the grip search itself (``next_grip``, default
+settings) emulated on the same table as ``grip_gradient.py choose`` does.
+
+``--judge sim`` reads outcomes by the sim's flags, what an operator answers; ``--judge
+device`` by the device's verdicts from the recorded observations (the tables hold both),
+the search without an operator. Success is always the sim's flag, what the protocol counts.
 
     python benchmarks/outcome_bound.py --tables test-sac-grip-s0.json.gz ... \\
         --val-tables val-sac-grip-s0.json.gz ... [--json out.json]
@@ -29,13 +34,16 @@ the same outcomes with errors, so it can only do worse.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from grip_gradient import Emulator, _read  # noqa: E402
 
 OUTCOMES = ("lifted", "crushed", "raised, then dropped", "dropped")
 """What an episode tells an outcome-reading search, as the search reads them."""
@@ -110,11 +118,6 @@ def best_search(
     return node(*uniform, explore)
 
 
-def _read(path: Path) -> dict[str, Any]:
-    data = path.read_bytes()
-    return json.loads(gzip.decompress(data) if path.suffix == ".gz" else data)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tables", type=Path, nargs="+", required=True, help="the split's tables")
@@ -122,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         "--val-tables", type=Path, nargs="+", help="val tables of the same runs, same order"
     )
     p.add_argument("--judge", choices=sorted(JUDGES), default="sim", help="who reads outcomes")
+    p.add_argument("--repeats", type=int, default=16, help="emulated searches per object")
     p.add_argument("--json", type=Path, help="write the figures here")
     args = p.parse_args(argv)
     if args.val_tables and len(args.val_tables) != len(args.tables):
@@ -134,6 +138,11 @@ def main(argv: list[str] | None = None) -> int:
         k3, _, first = best_search(own, own)
         row = {"table": str(path), "judge": args.judge, "in_sample_k3": k3}
         row["in_sample_first_grip"] = float(grips[first])
+        # Beside it: each object at its own best grid grip (no search can beat it), and
+        # the grip search itself on the same table, reading outcomes as the judge does.
+        row["best_grip_per_object"] = float(own[1].max(axis=0).mean())
+        emulated = Emulator([table]).search(args.repeats, judge=args.judge)
+        row["grip_search_k3"] = float(emulated[-1])
         if args.val_tables:
             val = _read(args.val_tables[i])
             if not np.allclose(val["grips"], grips):
