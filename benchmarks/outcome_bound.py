@@ -153,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
             row["val_prior_first_grip"] = float(grips[first])
         rows.append(row)
         print(json.dumps(row), flush=True)
-    means = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k.endswith("_k3")}
+    keys = [k for k in rows[0] if k.endswith("_k3") or k == "best_grip_per_object"]
+    means = {k: float(np.mean([r[k] for r in rows])) for k in keys}
     print("mean over tables:", json.dumps(means))
     if args.json:
         args.json.write_text(json.dumps({"tables": rows, "mean": means}, indent=1) + "\n")
