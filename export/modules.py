@@ -162,7 +162,7 @@ class GripPolicy(nn.Module):
         gripper: int,
         force_range: tuple[float, float],
         min_fraction: float,
-        fixed_grip: tuple[np.ndarray, float] | None = None,
+        fixed_grip: tuple[np.ndarray, float, float] | None = None,
         guard: dict[str, float] | None = None,
     ) -> None:
         super().__init__()
@@ -177,22 +177,25 @@ class GripPolicy(nn.Module):
         self.guard = guard
         """``squeeze_guard``'s constants (obs indices, gripper range, held proxy), or None."""
         self.fixed = fixed_grip is not None
-        if fixed_grip is not None:  # (encoded input (1, 1), gripper action)
+        if fixed_grip is not None:  # (encoded input (1, 1), gripper action, grip in N)
             self.register_buffer("fixed_input", torch.as_tensor(fixed_grip[0]).float())
             self.fixed_action = float(fixed_grip[1])
+            self.fixed_grip_n = float(fixed_grip[2])
 
     def _command(self, obs: torch.Tensor, grip: tuple[torch.Tensor, ...]) -> tuple:
-        """The network's command input and the squeeze's gripper value."""
+        """The network's command input, the squeeze's gripper value and its current
+        limit (fraction of full)."""
         if self.fixed:
-            return self.fixed_input.expand(obs.shape[0], 1), self.fixed_action
+            frac = min(max(self.fixed_grip_n / self.hi, self.min_fraction), 1.0)
+            return self.fixed_input.expand(obs.shape[0], 1), self.fixed_action, frac
         g = torch.clamp(grip[0], self.lo, self.hi)
         # grip_action(g / hi): the gripper value whose current limit squeezes with g.
         frac = torch.clamp(g / self.hi, self.min_fraction, 1.0)
         cmd = torch.clamp(1.0 - torch.log(frac) / math.log(self.min_fraction), min=1e-6)
-        return torch.log(g / self.mid) / self.half, cmd
+        return torch.log(g / self.mid) / self.half, cmd, frac
 
     def forward(self, obs: torch.Tensor, *grip: torch.Tensor) -> torch.Tensor:
-        enc, cmd = self._command(obs, grip)
+        enc, cmd, frac = self._command(obs, grip)
         mu, _ = self.body(self.norm(torch.cat([obs, enc], -1))).chunk(2, -1)
         a = torch.clamp(torch.tanh(mu), -1.0, 1.0)
         i = self.gripper
@@ -202,7 +205,14 @@ class GripPolicy(nn.Module):
             c = self.guard
             q, load, opening = (obs[:, int(c[k]) : int(c[k]) + 1] for k in ("q", "load", "opening"))
             target = c["stop"] + (-col) * (c["open"] - c["stop"])
-            held = (load >= c["min_load"]) & (opening >= c["min_opening"])
+            min_load = c["min_load"]
+            if c.get("load_ratio", 0.0) > 0:  # held from that share of the command's load
+                ratio_load = c["load_ratio"] * frac
+                if torch.is_tensor(ratio_load):
+                    min_load = torch.clamp(ratio_load, max=min_load)
+                else:
+                    min_load = min(ratio_load, min_load)
+            held = (load >= min_load) & (opening >= c["min_opening"])
             squeeze = squeeze | ((col <= 0) & (target < q) & held)
         col = torch.where(squeeze, torch.full_like(col, 1.0) * cmd, col)
         return torch.cat([a[:, :i], col, a[:, i + 1 :]], -1)

@@ -449,6 +449,40 @@ def test_the_squeeze_guard_caps_a_position_target_that_closes_on_a_held_object()
     assert graph_parity(graph, trace(graph), 500)["max_abs_diff"] < 1e-5
 
 
+def test_the_guard_sees_the_gentlest_squeezes_hold_with_guard_load_ratio():
+    """A 0.5 N squeeze loads the servo 2.5 %, under the guard's fixed 3 %: with
+    ``guard_load_ratio`` 0 a position target that closes on the object passes at full
+    current; with 0.8 the guard counts the object as held from 80 % of the command's load
+    and squeezes at the command. Stronger commands keep the fixed 3 %. The graph, with the
+    grip as an input and with a fixed grip, does the same."""
+    from metagrasp.actions import OBS_NAMES, grip_action
+    from metagrasp.export.parity import graph_parity
+    from metagrasp.export.writer import trace
+
+    obs = np.zeros((3, len(OBS_NAMES)), np.float32)
+    names = ("q_gripper", "gripper_opening", "gripper_effort")
+    i_q, i_open, i_load = (OBS_NAMES.index(n) for n in names)
+    obs[:, i_q], obs[:, i_open], obs[:, i_load] = 0.02, 0.03, 0.025  # a 0.5 N hold
+    obs[2, i_load] = 0.015  # less than 80 % of it: not held
+    raw = np.zeros((3, 6), np.float32)
+    raw[:, -1] = -0.2  # a position target narrower than the fingers
+    grips = np.array([0.5, 4.0, 0.5])
+    gentle, firm = grip_action(0.5 / 20.0), grip_action(4.0 / 20.0)
+    env, algo, _ = tiny(squeeze_guard=True, guard_load_ratio=0.0)
+    env.close()
+    assert algo.apply_grip(raw, grips, obs)[:, -1].tolist() == pytest.approx([-0.2] * 3)
+    algo.config.guard_load_ratio = 0.8  # the default
+    out = algo.apply_grip(raw, grips, obs)[:, -1]
+    np.testing.assert_allclose(out, [gentle, -0.2, -0.2], rtol=1e-6)  # 4 N: 2.5 % < 3 %
+    assert firm != pytest.approx(gentle)
+    plan = algo.export_modules()
+    assert plan.graphs[0].module.guard["load_ratio"] == 0.8
+    for graph in (plan.graph("policy"), algo._export_plan(search=False).graph("policy")):
+        assert graph_parity(graph, trace(graph), 500)["max_abs_diff"] < 1e-5
+    with pytest.raises(ConfigError, match="guard_load_ratio"):
+        tiny(guard_load_ratio=1.5)
+
+
 def test_a_bundle_with_retry_misses_needs_the_gripped_flag_and_retries_a_miss(tmp_path):
     from metagrasp.adapt.runtime import BundleInputError, load_bundle
     from tests.bundles import write_plan
