@@ -122,11 +122,12 @@ class GripSearchConfig(SACConfig):
     squeeze_guard: bool = True
     """A gripper value ``g <= 0`` is a position target at *full* current: on an object the
     fingers already hold, one that closes them further squeezes at up to 20 N whatever the
-    command. With the guard such a value (load >= 3 %, opening >= 6 mm, target narrower
-    than the fingers now) squeezes at the command instead. Without it, every crush of the
-    oracle line on ``test`` (5 % of its episodes) followed such a value, and a crush
-    misled the search into a weaker grip (docs/BENCHMARKS.md, "squeeze guard"). It acts
-    when acting (meta-test, export), not in training collection."""
+    command. With the guard such a value (load >= 3 %, or ``guard_load_ratio`` of the
+    command's load; opening >= 6 mm; target narrower than the fingers now) squeezes at the
+    command instead. Without it, every crush of the oracle line on ``test`` (5 % of its
+    episodes) followed such a value, and a crush misled the search into a weaker grip
+    (docs/BENCHMARKS.md, "squeeze guard"). It acts when acting (meta-test, export), not in
+    training collection."""
     guard_load_ratio: float = 0.8
     """``squeeze_guard``: the object also counts as held from this fraction of the load the
     commanded squeeze gives (the servo at its current limit). The gentlest squeezes load
