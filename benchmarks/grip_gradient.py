@@ -53,9 +53,24 @@ GRID = np.clip(np.sort(np.r_[4.0 * np.exp(0.26 * np.arange(-8, 7)), 20.0]), 0.5,
 DEVICE_FIELDS = ("device_lifted", "device_crushed", "device_raised")
 """The device's verdicts on each table episode (``outcome_bound.py --judge device``)."""
 TABLE_FIELDS = ("success", "crushed", "returns", "raised", *DEVICE_FIELDS)
+JUDGES = {"sim": ("success", "crushed", "raised"), "device": DEVICE_FIELDS}
+"""Who reads each episode's (lifted, crushed, raised) for a search: the sim's flags (an
+operator's answers) or the device's verdicts from the recorded observations."""
+LOG_RANGE = (float(np.log(GRID[0])), float(np.log(GRID[-1])))
+"""The log of the gripper's range (N per pad), where the grip and its mean ``c`` stay."""
 SIGMAS, ALPHAS = (0.08, 0.13, 0.2, 0.35, 0.5), (0.03, 0.05, 0.1, 0.2, 0.4, 0.8)
 BASELINES = (150, 250, 320, 370, 410, 450)
 """The settings ``choose`` tries (180 in all)."""
+
+
+def draw_grip(c: np.ndarray | float, eps: np.ndarray | float, sigma: float) -> np.ndarray:
+    """The grip (N) drawn at ``log g = c + sigma eps``, inside the gripper's range."""
+    return np.exp(np.clip(c + sigma * eps, *LOG_RANGE))
+
+
+def reinforce_step(c, eps, ret, alpha: float, baseline: float) -> np.ndarray:
+    """``c`` after one REINFORCE step on an episode's return ``ret`` (module docstring)."""
+    return np.clip(c + alpha * (ret - baseline) / RETURN_SCALE * eps, *LOG_RANGE)
 
 
 class GradientGrip:
@@ -70,11 +85,10 @@ class GradientGrip:
             raise ValueError(f"sigma must be > 0 and alpha >= 0, got {sigma}, {alpha}")
         self.algo, self.sigma, self.alpha, self.baseline = algo, sigma, alpha, baseline
         self.rng = np.random.default_rng(seed)
-        self.lo, self.hi = np.log(GRID[0]), np.log(GRID[-1])
 
     def _draw(self, c: np.ndarray) -> dict[str, np.ndarray]:
         eps = self.rng.normal(size=c.shape)
-        return {"c": c, "eps": eps, "grip": np.exp(np.clip(c + self.sigma * eps, self.lo, self.hi))}
+        return {"c": c, "eps": eps, "grip": draw_grip(c, eps, self.sigma)}
 
     def init_state(self, n: int) -> dict[str, np.ndarray]:
         return self._draw(np.full(n, np.log(self.algo.config.start_grip_n)))
@@ -86,8 +100,8 @@ class GradientGrip:
         return state
 
     def adapt(self, state, episodes):
-        step = self.alpha * (episodes[-1].returns - self.baseline) / RETURN_SCALE * state["eps"]
-        return self._draw(np.clip(state["c"] + step, self.lo, self.hi))
+        ret = episodes[-1].returns
+        return self._draw(reinforce_step(state["c"], state["eps"], ret, self.alpha, self.baseline))
 
 
 def load(run: str, algo_settings: dict[str, Any] | None = None):
@@ -151,7 +165,7 @@ class Emulator:
         from metagrasp.grip_search import next_grip
         from metagrasp.policies.grip_search import GripSearchConfig
 
-        read = ("success", "crushed", "raised") if judge == "sim" else DEVICE_FIELDS
+        read = JUDGES[judge]
         cfg, lo, hi = GripSearchConfig(), GRID[0], GRID[-1]
         kw = {"keep_raised": cfg.keep_raised, "raised_nudge": cfg.raised_nudge}
         wins = np.zeros(k_total)
@@ -170,15 +184,14 @@ class Emulator:
         """Success per k of :class:`GradientGrip`'s rule with these settings."""
         from metagrasp.policies.grip_search import GripSearchConfig
 
-        lo, hi = np.log(GRID[0]), np.log(GRID[-1])
         wins = np.zeros(k_total)
         for obj, _ in itertools.product(range(self.objects), range(repeats)):
             c = np.log(GripSearchConfig().start_grip_n)
             for k in range(k_total):
                 eps = self.rng.normal()
-                ep = self.episode(obj, float(np.exp(np.clip(c + sigma * eps, lo, hi))))
+                ep = self.episode(obj, float(draw_grip(c, eps, sigma)))
                 wins[k] += ep["success"]
-                c = float(np.clip(c + alpha * (ep["returns"] - b) / RETURN_SCALE * eps, lo, hi))
+                c = float(reinforce_step(c, eps, ep["returns"], alpha, b))
         return wins / (self.objects * repeats)
 
 

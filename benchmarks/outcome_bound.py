@@ -43,23 +43,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from grip_gradient import Emulator, _read  # noqa: E402
-
-OUTCOMES = ("lifted", "crushed", "raised, then dropped", "dropped")
-"""What an episode tells an outcome-reading search, as the search reads them."""
-
-
-JUDGES = {
-    "sim": ("success", "crushed", "raised"),
-    "device": ("device_lifted", "device_crushed", "device_raised"),
-}
-"""Who reads each episode's outcome: the sim's flags (an operator's answers) or the
-device's verdicts from the recorded observations (the search without an operator)."""
+from grip_gradient import JUDGES, Emulator, _read  # noqa: E402
 
 
 def outcome_chances(table: dict[str, Any], judge: str = "sim") -> np.ndarray:
     """``(outcomes, grips, objects)``: each outcome's share of the table's episodes, as
-    ``judge`` reads them.
+    ``judge`` reads them; the outcomes are lifted, crushed, raised then dropped, dropped.
 
     A crush counts as a crush whatever else happened; a lift that was not crushed as a
     lift; otherwise a raised object that ended down as ``raised, then dropped``.

@@ -180,14 +180,14 @@ class GripPolicy(nn.Module):
         if fixed_grip is not None:  # (encoded input (1, 1), gripper action, grip in N)
             self.register_buffer("fixed_input", torch.as_tensor(fixed_grip[0]).float())
             self.fixed_action = float(fixed_grip[1])
-            self.fixed_grip_n = float(fixed_grip[2])
+            frac = min(max(float(fixed_grip[2]) / self.hi, self.min_fraction), 1.0)
+            self.register_buffer("fixed_fraction", torch.tensor(frac))
 
     def _command(self, obs: torch.Tensor, grip: tuple[torch.Tensor, ...]) -> tuple:
         """The network's command input, the squeeze's gripper value and its current
         limit (fraction of full)."""
         if self.fixed:
-            frac = min(max(self.fixed_grip_n / self.hi, self.min_fraction), 1.0)
-            return self.fixed_input.expand(obs.shape[0], 1), self.fixed_action, frac
+            return self.fixed_input.expand(obs.shape[0], 1), self.fixed_action, self.fixed_fraction
         g = torch.clamp(grip[0], self.lo, self.hi)
         # grip_action(g / hi): the gripper value whose current limit squeezes with g.
         frac = torch.clamp(g / self.hi, self.min_fraction, 1.0)
@@ -207,11 +207,7 @@ class GripPolicy(nn.Module):
             target = c["stop"] + (-col) * (c["open"] - c["stop"])
             min_load = c["min_load"]
             if c.get("load_ratio", 0.0) > 0:  # held from that share of the command's load
-                ratio_load = c["load_ratio"] * frac
-                if torch.is_tensor(ratio_load):
-                    min_load = torch.clamp(ratio_load, max=min_load)
-                else:
-                    min_load = min(ratio_load, min_load)
+                min_load = torch.clamp(c["load_ratio"] * frac, max=min_load)
             held = (load >= min_load) & (opening >= c["min_opening"])
             squeeze = squeeze | ((col <= 0) & (target < q) & held)
         col = torch.where(squeeze, torch.full_like(col, 1.0) * cmd, col)
